@@ -1,0 +1,3 @@
+from idtoken.cli import main
+
+raise SystemExit(main())

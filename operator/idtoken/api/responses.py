@@ -1,0 +1,86 @@
+"""JSON responses and the one place that turns exceptions into contract error bodies."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from idtoken.errors import (
+    MethodNotAllowed,
+    NotFound,
+    OperatorError,
+    ServerError,
+    TemporarilyUnavailable,
+)
+from idtoken.store.base import StoreUnavailable
+
+log = logging.getLogger("idtoken.http")
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return Response(
+        data,
+        status_code=status,
+        media_type="application/json",
+        headers={**_NO_STORE, **(headers or {})},
+    )
+
+
+def error_response(error: OperatorError) -> Response:
+    return json_response(error.body(), error.status, error.headers)
+
+
+async def operator_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OperatorError)
+    log.info(
+        "request refused",
+        extra={
+            "path": request.url.path,
+            "error": exc.code,
+            "status": exc.status,
+            "detail": exc.log_detail,
+        },
+    )
+    return error_response(exc)
+
+
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    log.error("store unavailable", extra={"path": request.url.path, "detail": str(exc)})
+    return error_response(
+        TemporarilyUnavailable("the service is temporarily unavailable", retry_after=2)
+    )
+
+
+async def http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound("no such endpoint"))
+    if exc.status_code == 405:
+        resp = error_response(MethodNotAllowed("method not allowed"))
+        if exc.headers and "Allow" in exc.headers:
+            resp.headers["Allow"] = exc.headers["Allow"]
+        return resp
+    err = OperatorError("the request could not be processed")
+    err.status = exc.status_code
+    return error_response(err)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", extra={"path": request.url.path}, exc_info=exc)
+    return error_response(ServerError("internal error"))
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    OperatorError: operator_error,
+    StoreUnavailable: store_unavailable,
+    HTTPException: http_exception,
+    Exception: server_error,
+}

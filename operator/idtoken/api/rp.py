@@ -1,0 +1,59 @@
+"""Relying-party endpoint: POST /auth/initiate."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from idtoken.api.body import Fields, read_json
+from idtoken.api.responses import json_response
+from idtoken.api.runtime import runtime
+from idtoken.errors import InvalidClient, UnknownService
+from idtoken.ids import iso_z
+from idtoken.settings import ServiceSettings
+
+
+async def initiate(request: Request) -> Response:
+    rt = runtime(request)
+    f = Fields(
+        await read_json(request), required=("tokenId", "serviceId"), optional=("scopes", "nonce")
+    )
+    service_id = f.ident("serviceId")
+    token_id = f.ident("tokenId")
+    scopes = f.scope_list("scopes") if f.present("scopes") else []
+    nonce = f.text("nonce", max_length=128) if f.present("nonce") else None
+    service = rt.settings.services.get(service_id)
+    if service is None:
+        raise UnknownService("unknown serviceId")
+    authenticate_client(service, request.headers.get("authorization"))
+    # Repeated scopes are canonicalised away rather than refused.
+    started = await rt.login.initiate(service, token_id, tuple(dict.fromkeys(scopes)), nonce)
+    return json_response(
+        {
+            "sessionId": started.session_id,
+            "autoPassword": started.auto_password,
+            "wsToken": started.ws_token,
+            "expiresAt": iso_z(started.expires_at),
+            "random": started.random,
+        },
+        status=201,
+    )
+
+
+def authenticate_client(service: ServiceSettings, authorization: str | None) -> None:
+    """A confidential service proves itself with ``Authorization: Bearer <secret>``."""
+    expected = service.client_secret_sha256
+    if expected is None:
+        return
+    scheme, _, secret = (authorization or "").partition(" ")
+    presented = hashlib.sha256(secret.strip().encode("utf-8")).digest()
+    # Compare digests in constant time; the scheme check does not depend on the secret.
+    ok = hmac.compare_digest(presented, expected)
+    if scheme.lower() != "bearer" or not secret.strip() or not ok:
+        raise InvalidClient(
+            "client authentication failed",
+            headers={"WWW-Authenticate": 'Bearer realm="idtoken", error="invalid_client"'},
+        )

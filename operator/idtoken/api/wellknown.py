@@ -1,0 +1,70 @@
+"""Public metadata: the JWKS and the discovery document."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from idtoken.api.runtime import runtime
+from idtoken.scopes import KNOWN_SCOPES, SUPPORTED_CLAIMS
+from idtoken.settings import Settings
+
+JWKS_MAX_AGE = 3600
+
+
+async def jwks(request: Request) -> Response:
+    keys = runtime(request).keys
+    headers = {
+        "Cache-Control": f"public, max-age={JWKS_MAX_AGE}",
+        "ETag": keys.jwks_etag,
+        "Access-Control-Allow-Origin": "*",
+    }
+    if keys.jwks_etag in _etags(request.headers.get("if-none-match", "")):
+        return Response(status_code=304, headers=headers)
+    return Response(keys.jwks_body, media_type="application/json", headers=headers)
+
+
+async def openid_configuration(request: Request) -> Response:
+    body = runtime(request).discovery_body
+    return Response(
+        body,
+        media_type="application/json",
+        headers={
+            "Cache-Control": f"public, max-age={JWKS_MAX_AGE}",
+            "Access-Control-Allow-Origin": "*",
+        },
+    )
+
+
+def discovery_document(settings: Settings, vapid_public_key: str) -> bytes:
+    base = settings.issuer
+    ws_base = (
+        "wss://" + base.removeprefix("https://")
+        if base.startswith("https://")
+        else ("ws://" + base.removeprefix("http://"))
+    )
+    doc: dict[str, Any] = {
+        "issuer": base,
+        "jwks_uri": f"{base}/.well-known/jwks.json",
+        "scopes_supported": sorted(KNOWN_SCOPES),
+        "claims_supported": list(SUPPORTED_CLAIMS),
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "subject_types_supported": ["public"],
+        "auth_initiate_endpoint": f"{base}/auth/initiate",
+        "auth_verify_endpoint": f"{base}/auth/verify",
+        "auth_reject_endpoint": f"{base}/auth/reject",
+        "auth_pending_endpoint": f"{base}/auth/pending",
+        "enrollment_endpoint": f"{base}/enroll",
+        "session_websocket_endpoint": f"{ws_base}/ws/session/{{sessionId}}",
+        "push_vapid_public_key": vapid_public_key,
+        "device_signing_alg_values_supported": ["ES256"],
+        "otp_modes_supported": ["display", "typed"],
+    }
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def _etags(header: str) -> set[str]:
+    return {part.strip().removeprefix("W/") for part in header.split(",") if part.strip()}

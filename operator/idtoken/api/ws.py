@@ -1,0 +1,216 @@
+"""The browser's socket: /ws/session/{sessionId}?token={wsToken}.
+
+The socket learns of a decision in one of three ways, all of which end in reading the stored
+terminal message: an event published by whichever instance took the decision, a re-read after
+the event stream reconnects, or its own timer reaching the stored ``expiresAt``. Only one
+socket serves a session: a newer one (on any instance) closes the older with 4009.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from idtoken.api.runtime import Runtime, runtime
+from idtoken.ids import ID_PATTERN, iso_z, result_hash
+from idtoken.store.base import RESULT_KEEP, Event, SessionRecord, StoreUnavailable
+
+log = logging.getLogger("idtoken.ws")
+
+MAX_FRAME = 4096
+CLOSE_NORMAL = 1000
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_BAD_TOKEN = 4001
+CLOSE_UNKNOWN = 4004
+CLOSE_REPLACED = 4009
+_DUMMY_DIGEST = hashlib.sha256(b"no-such-session").hexdigest()
+
+
+async def session_socket(ws: WebSocket) -> None:
+    rt = runtime(ws)
+    session_id = ws.path_params["session_id"]
+    token = ws.query_params.get("token", "")
+    session: SessionRecord | None = None
+    if ID_PATTERN.match(session_id):
+        try:
+            session = await rt.store.find_session(session_id)
+        except StoreUnavailable:
+            await ws.accept()
+            await ws.close(CLOSE_INTERNAL)
+            return
+    digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+    if session is None:
+        # Same work as a token check, so a probe cannot tell the cases apart by timing.
+        hmac.compare_digest(digest, _DUMMY_DIGEST)
+        await ws.accept()
+        await ws.close(CLOSE_UNKNOWN)
+        return
+    service = rt.settings.services.get(session.service_id)
+    allowed = service.allowed_origins if service is not None else None
+    if allowed is not None and ws.headers.get("origin") not in allowed:
+        await ws.close()  # before accept: the handshake is refused with 403
+        return
+    if not hmac.compare_digest(digest, session.ws_token_sha256):
+        await ws.accept()
+        await ws.close(CLOSE_BAD_TOKEN)
+        return
+    await ws.accept()
+    await SocketSession(rt, ws, session, token).run()
+
+
+class SocketSession:
+    def __init__(self, rt: Runtime, ws: WebSocket, session: SessionRecord, token: str) -> None:
+        self.rt = rt
+        self.ws = ws
+        self.session = session
+        self.token = token
+        self.events: asyncio.Queue[Event | None] = asyncio.Queue()
+        self.seq = 0
+
+    def _on_event(self, session_id: str, event: Event | None) -> None:
+        self.events.put_nowait(event)
+
+    async def run(self) -> None:
+        store = self.rt.store
+        # Listen before reading state, so that nothing published in between is missed.
+        stop = store.listen(self.session.session_id, self._on_event)
+        receiver = asyncio.create_task(self._receive())
+        try:
+            self.seq = await store.claim_socket(self.session.token_id, self.session.session_id)
+            current = await store.get_session(self.session.token_id, self.session.session_id)
+            if current is None:
+                await self._close(CLOSE_UNKNOWN)
+                return
+            if await self._deliver_if_final(current):
+                return
+            await self._send(
+                {
+                    "type": "otp_ready",
+                    "sessionId": current.session_id,
+                    "autoPassword": current.otp,
+                    "expiresAt": iso_z(current.expires_at),
+                }
+            )
+            await self._wait(receiver)
+        except StoreUnavailable:
+            await self._close(CLOSE_INTERNAL)
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the browser went away
+        finally:
+            stop()
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await receiver
+
+    async def _wait(self, receiver: asyncio.Task[int]) -> None:
+        clock = self.rt.clock
+        while True:
+            timeout = max(0.0, self.session.expires_at - clock.now())
+            getter = asyncio.ensure_future(self.events.get())
+            done, _ = await asyncio.wait(
+                {getter, receiver}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if receiver in done:
+                getter.cancel()
+                code = receiver.result()
+                if code:
+                    await self._close(code)
+                return
+            if getter in done:
+                event = getter.result()
+                if event is not None and event.claim is not None:
+                    if event.claim > self.seq:
+                        await self._close(CLOSE_REPLACED)
+                        return
+                    continue
+                if event is not None and event.final is not None:
+                    await self._deliver(event.final)
+                    return
+                # Reconnected event stream: re-read what may have been missed.
+                current = await self._reread()
+                if current is not None and await self._deliver_if_final(current):
+                    return
+                continue
+            getter.cancel()
+            # Our own timer: the session's lifetime has passed unless a decision beat it.
+            current = await self._expire()
+            if current is None:
+                await self._close(CLOSE_UNKNOWN)
+                return
+            if await self._deliver_if_final(current):
+                return
+
+    async def _reread(self) -> SessionRecord | None:
+        return await self._retrying(
+            lambda: self.rt.store.get_session(self.session.token_id, self.session.session_id)
+        )
+
+    async def _expire(self) -> SessionRecord | None:
+        return await self._retrying(
+            lambda: self.rt.store.expire(
+                self.session.token_id, self.session.session_id, now=self.rt.clock.now()
+            )
+        )
+
+    async def _retrying(
+        self, op: Callable[[], Awaitable[SessionRecord | None]]
+    ) -> SessionRecord | None:
+        """Keep the socket open through a store outage; give up when the result would be gone."""
+        delay = 0.1
+        while True:
+            try:
+                return await op()
+            except StoreUnavailable:
+                if self.rt.clock.now() > self.session.expires_at + RESULT_KEEP:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _deliver_if_final(self, session: SessionRecord) -> bool:
+        if session.state == "pending" or session.result is None:
+            return False
+        await self._deliver(session.result)
+        return True
+
+    async def _deliver(self, final: str) -> None:
+        message = json.loads(final)
+        if message.get("type") == "approved":
+            message = {
+                "type": "approved",
+                "jwt": message["jwt"],
+                "hash": result_hash(
+                    self.token, self.session.session_id, message["random"], message["jwt"]
+                ),
+                "random": message["random"],
+                "expiresAt": message["expiresAt"],
+            }
+        await self._send(message)
+        await self._close(CLOSE_NORMAL)
+
+    async def _send(self, message: dict[str, object]) -> None:
+        await self.ws.send_text(json.dumps(message, separators=(",", ":")))
+
+    async def _close(self, code: int) -> None:
+        if self.ws.application_state != WebSocketState.DISCONNECTED:
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await self.ws.close(code)
+
+    async def _receive(self) -> int:
+        """Read (and ignore) what the browser sends; returns a close code, or 0 on disconnect."""
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return 0
+            text = message.get("text")
+            data = message.get("bytes")
+            size = len(text.encode("utf-8")) if text is not None else len(data or b"")
+            if size > MAX_FRAME:
+                return CLOSE_TOO_BIG

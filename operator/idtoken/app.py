@@ -1,0 +1,103 @@
+"""The application factory: settings in, a Starlette app out. No import-time globals."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+
+from starlette.applications import Starlette
+from starlette.routing import Route, WebSocketRoute
+
+from idtoken.api import mobile, rp, wellknown, ws
+from idtoken.api.responses import EXCEPTION_HANDLERS
+from idtoken.api.runtime import Runtime
+from idtoken.clock import Clock, SystemClock
+from idtoken.enrollment.issuers import StaticIssuer, load_static_issuer
+from idtoken.enrollment.service import EnrollmentService
+from idtoken.keys import signing
+from idtoken.login import LoginService
+from idtoken.push.base import Notifier, PushResult, PushSubscription
+from idtoken.push.dispatch import PushDispatcher
+from idtoken.push.vapid import load_or_create_vapid_key, vapid_public_key_b64
+from idtoken.push.webpush import WebPushNotifier
+from idtoken.settings import Settings
+from idtoken.store.base import Store
+from idtoken.store.factory import open_store
+
+log = logging.getLogger("idtoken")
+
+
+def load_issuers(settings: Settings, *, now: float | None = None) -> Mapping[str, StaticIssuer]:
+    """Load every configured issuer key; a bad one raises ConfigError naming it."""
+    moment = time.time() if now is None else now
+    return {
+        issuer.issuer: load_static_issuer(i, issuer, now=moment)
+        for i, issuer in enumerate(settings.enrollment_issuers)
+        if issuer.format == "jwt"
+    }
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    notifier: Notifier | None = None,
+    clock: Clock | None = None,
+) -> Starlette:
+    """Build the operator. Keys and issuer keys are loaded here, so a bad configuration fails
+    before the server listens; connections open in the lifespan."""
+    clock = clock or SystemClock()
+    store = store or open_store(settings, clock)
+    keys = signing.load_or_create(settings.keys_dir)
+    issuers = load_issuers(settings, now=clock.now())
+    vapid_key = load_or_create_vapid_key(settings.push.vapid_private_key_file)
+    if notifier is None:
+        notifier = WebPushNotifier(vapid_key, settings.push.vapid_subject, clock=clock)
+
+    async def on_push_result(
+        session_id: str, subscription: PushSubscription, result: PushResult
+    ) -> None:
+        await login.push_finished(session_id, subscription, result)
+
+    dispatcher = PushDispatcher(notifier, on_result=on_push_result)
+    login = LoginService(settings, store, keys, clock, dispatcher)
+    rt = Runtime(
+        settings=settings,
+        clock=clock,
+        store=store,
+        keys=keys,
+        login=login,
+        enrollment=EnrollmentService(settings, store, keys, issuers, clock),
+        dispatcher=dispatcher,
+        vapid_public_key=vapid_public_key_b64(vapid_key),
+    )
+    rt.discovery_body = wellknown.discovery_document(settings, rt.vapid_public_key)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await rt.store.start()
+        try:
+            yield
+        finally:
+            await dispatcher.aclose()
+            await rt.store.aclose()
+
+    routes = [
+        Route("/auth/initiate", rp.initiate, methods=["POST"]),
+        Route("/enroll", mobile.enroll, methods=["POST"]),
+        Route("/auth/verify", mobile.verify, methods=["POST"]),
+        Route("/auth/reject", mobile.reject, methods=["POST"]),
+        Route("/auth/pending", mobile.pending, methods=["POST"]),
+        Route("/.well-known/jwks.json", wellknown.jwks, methods=["GET", "HEAD"]),
+        Route(
+            "/.well-known/openid-configuration",
+            wellknown.openid_configuration,
+            methods=["GET", "HEAD"],
+        ),
+        WebSocketRoute("/ws/session/{session_id}", ws.session_socket),
+    ]
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    app.state.runtime = rt
+    return app

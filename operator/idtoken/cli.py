@@ -1,0 +1,173 @@
+"""The ``idtoken-operator`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+
+from idtoken.errors import ConfigError
+from idtoken.settings import ENV_CONFIG, Settings, config_path, load_settings, secret_digest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.handler(args)
+        return result
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="idtoken-operator", description="IDToken Operator: passwordless out-of-band login"
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "--config", metavar="FILE", help=f"TOML configuration (default: ${ENV_CONFIG})"
+        )
+        return p
+
+    serve = command("serve", "run the operator")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(handler=_serve)
+
+    check = command("check-config", "load the configuration and every key it names, then exit")
+    check.set_defaults(handler=_check_config)
+
+    keys = command("keys", "manage the ES256 signing keys")
+    keys_sub = keys.add_subparsers(required=True, metavar="ACTION")
+    gen = keys_sub.add_parser("generate", help="create a new signing key in keys_dir")
+    gen.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    gen.set_defaults(handler=_keys_generate)
+    lst = keys_sub.add_parser("list", help="list the signing keys in keys_dir")
+    lst.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    lst.set_defaults(handler=_keys_list)
+
+    services = command("services", "help register relying-party services")
+    services_sub = services.add_subparsers(required=True, metavar="ACTION")
+    sec = services_sub.add_parser(
+        "secret", help="print a new client secret and the client_secret_sha256 for the config"
+    )
+    sec.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    sec.set_defaults(handler=_services_secret)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(config_path(getattr(args, "config", None)))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from idtoken import logs
+
+    path = config_path(args.config)
+    settings = load_settings(path)
+    # Fail here, with a clear message, rather than inside a worker.
+    _build(settings)
+    os.environ[ENV_CONFIG] = str(path.resolve())
+    logs.configure(args.log_level.upper())
+    uvicorn.run(
+        "idtoken.cli:app_from_environment",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        log_level=args.log_level,
+        access_log=False,
+        proxy_headers=True,
+        server_header=False,
+        ws="websockets-sansio",
+        ws_max_size=4096,
+        ws_per_message_deflate=False,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        timeout_keep_alive=15,
+        timeout_graceful_shutdown=10,
+        backlog=2048,
+    )
+    return 0
+
+
+def app_from_environment() -> object:
+    """uvicorn's factory: each worker builds its app from ``IDTOKEN_CONFIG``."""
+    from idtoken import logs
+
+    logs.configure(os.environ.get("IDTOKEN_LOG_LEVEL", "INFO").upper())
+    return _build(load_settings(config_path(None)))
+
+
+def _build(settings: Settings) -> object:
+    from idtoken.app import create_app
+
+    try:
+        return create_app(settings)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        from idtoken.keys.signing import KeyStoreError
+
+        if isinstance(exc, KeyStoreError | ValueError | OSError):
+            raise ConfigError("keys", str(exc)) from exc
+        raise
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from idtoken.app import load_issuers
+    from idtoken.keys.signing import KeyStoreError, load_or_create
+
+    settings = _settings(args)
+    load_issuers(settings)
+    try:
+        keys = (
+            load_or_create(settings.keys_dir, create=False)
+            if any(settings.keys_dir.glob("*.pem"))
+            else None
+        )
+    except KeyStoreError as exc:
+        raise ConfigError("keys_dir", str(exc)) from exc
+    print(
+        f"configuration OK: {len(settings.services)} service(s), "
+        f"{len(settings.enrollment_issuers)} enrollment issuer(s), "
+        f"store: {'redis' if settings.redis_url else 'embedded (single process)'}, "
+        f"signing keys: {len(keys.kids) if keys else 'none yet (created on first start)'}"
+    )
+    return 0
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    from idtoken.keys.signing import generate
+
+    key = generate(_settings(args).keys_dir)
+    print(key.kid)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from idtoken.keys.signing import load_or_create
+
+    keys = load_or_create(_settings(args).keys_dir, create=False)
+    for kid in keys.kids:
+        print(f"{kid}\t{'active' if kid == keys.active.kid else 'published'}")
+    return 0
+
+
+def _services_secret(args: argparse.Namespace) -> int:
+    secret = secrets.token_urlsafe(32)
+    print(f"client secret (give to the relying party): {secret}")
+    print(f'client_secret_sha256 = "{secret_digest(secret)}"')
+    return 0

@@ -1,0 +1,180 @@
+"""A phone, in Python: a P-256 key, enrollment, and signed approvals (wire contract §2)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    token_id: str
+    device_id: str
+    expires_at: str
+    credential: str
+
+
+class Device:
+    """An app installation. ``http`` is any httpx.AsyncClient whose base_url is the operator."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        device_id: str = "device-1",
+        private_key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> None:
+        self.http = http
+        self.device_id = device_id
+        self.private_key = private_key or ec.generate_private_key(ec.SECP256R1())
+        self.enrollment: Enrollment | None = None
+
+    @property
+    def public_key_pem(self) -> str:
+        return (
+            self.private_key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode("ascii")
+        )
+
+    def sign(self, message: str) -> str:
+        """ES256 over the UTF-8 message: base64url (no padding) of the raw 64-byte r||s."""
+        der = self.private_key.sign(message.encode("utf-8"), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        return _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+    # ---- request bodies (public so that tests can tamper with them) ----------------------
+    def enroll_body(
+        self,
+        enrollment_token: str,
+        *,
+        push_subscription: dict[str, Any] | None = None,
+        timestamp: int | None = None,
+    ) -> dict[str, Any]:
+        ts = now_ms() if timestamp is None else timestamp
+        digest = hashlib.sha256(enrollment_token.encode("utf-8")).hexdigest()
+        body: dict[str, Any] = {
+            "enrollmentToken": enrollment_token,
+            "publicKeyPem": self.public_key_pem,
+            "deviceId": self.device_id,
+            "timestamp": ts,
+            "signature": self.sign(f"enroll|{self.device_id}|{ts}|{digest}"),
+        }
+        if push_subscription is not None:
+            body["pushSubscription"] = push_subscription
+        return body
+
+    def verify_body(
+        self,
+        session_id: str,
+        otp: str,
+        granted_scopes: list[str],
+        *,
+        timestamp: int | None = None,
+        token_id: str | None = None,
+        credential: str | None = None,
+    ) -> dict[str, Any]:
+        enrolled = self._enrolled()
+        ts = now_ms() if timestamp is None else timestamp
+        return {
+            "sessionId": session_id,
+            "tokenId": token_id or enrolled.token_id,
+            "otp": otp,
+            "grantedScopes": granted_scopes,
+            "timestamp": ts,
+            "credential": credential or enrolled.credential,
+            "signature": self.sign(f"{session_id}|{otp}|{ts}|{' '.join(granted_scopes)}"),
+        }
+
+    def reject_body(self, session_id: str, reason: str = "user_rejected") -> dict[str, Any]:
+        ts = now_ms()
+        return {
+            "sessionId": session_id,
+            "tokenId": self._enrolled().token_id,
+            "timestamp": ts,
+            "reason": reason,
+            "signature": self.sign(f"{session_id}|reject|{ts}"),
+        }
+
+    def pending_body(self) -> dict[str, Any]:
+        ts = now_ms()
+        token_id = self._enrolled().token_id
+        return {
+            "tokenId": token_id,
+            "timestamp": ts,
+            "signature": self.sign(f"{token_id}|pending|{ts}"),
+        }
+
+    # ---- calls -----------------------------------------------------------------------------
+    async def enroll(
+        self, enrollment_token: str, *, push_subscription: dict[str, Any] | None = None
+    ) -> Enrollment:
+        resp = await self.http.post(
+            "/enroll", json=self.enroll_body(enrollment_token, push_subscription=push_subscription)
+        )
+        _raise_for_status(resp)
+        data = resp.json()
+        self.enrollment = Enrollment(
+            token_id=data["tokenId"],
+            device_id=data["deviceId"],
+            expires_at=data["expiresAt"],
+            credential=data["credential"],
+        )
+        return self.enrollment
+
+    async def pending(self) -> list[dict[str, Any]]:
+        resp = await self.http.post("/auth/pending", json=self.pending_body())
+        _raise_for_status(resp)
+        sessions: list[dict[str, Any]] = resp.json()["sessions"]
+        return sessions
+
+    async def approve(self, session_id: str, otp: str, granted_scopes: list[str]) -> httpx.Response:
+        """Send the approval; returns the response (callers check the status)."""
+        return await self.http.post(
+            "/auth/verify", json=self.verify_body(session_id, otp, granted_scopes)
+        )
+
+    async def reject(self, session_id: str, reason: str = "user_rejected") -> httpx.Response:
+        return await self.http.post("/auth/reject", json=self.reject_body(session_id, reason))
+
+    def _enrolled(self) -> Enrollment:
+        if self.enrollment is None:
+            raise RuntimeError("the device is not enrolled")
+        return self.enrollment
+
+
+class OperatorError(Exception):
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(f"{status} {error}: {description}")
+        self.status = status
+        self.error = error
+        self.description = description
+
+
+def _raise_for_status(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        body = resp.json()
+        error, description = str(body["error"]), str(body["error_description"])
+    except (ValueError, KeyError, TypeError):
+        error, description = "http_error", resp.text[:200]
+    raise OperatorError(resp.status_code, error, description)

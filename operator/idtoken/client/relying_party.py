@@ -1,0 +1,212 @@
+"""A relying party, in Python: initiate, wait on the socket, verify the JWT (wire contract §1).
+
+JWT verification uses joserfc, independently of the operator's own code, with the operator's
+keys fetched from its JWKS, cached in memory and re-fetched only for an unknown ``kid`` — at most
+once per cooldown, so a flood of forged ``kid`` values cannot turn the RP into a load
+generator against the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import websockets
+from websockets.typing import Origin
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet
+
+
+class ResultError(Exception):
+    """The login did not succeed: rejected, expired, or a result that does not check out."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Initiation:
+    session_id: str
+    auto_password: str
+    ws_token: str
+    expires_at: str
+    random: str
+
+
+class JwksCache:
+    """The operator's public keys by ``kid``."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        url: str,
+        *,
+        cooldown: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._http = http
+        self._url = url
+        self._cooldown = cooldown
+        self._monotonic = monotonic
+        self._keys: dict[str, ECKey] = {}
+        self._last_fetch: float | None = None
+        self._lock = asyncio.Lock()
+        self.fetches = 0
+
+    async def key(self, kid: str) -> ECKey:
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        async with self._lock:
+            now = self._monotonic()
+            if kid not in self._keys and (
+                self._last_fetch is None or now - self._last_fetch >= self._cooldown
+            ):
+                self._last_fetch = now
+                await self._fetch()
+        key = self._keys.get(kid)
+        if key is None:
+            raise ResultError("invalid_jwt", "unknown signing key")
+        return key
+
+    async def _fetch(self) -> None:
+        self.fetches += 1
+        resp = await self._http.get(self._url)
+        resp.raise_for_status()
+        key_set = KeySet.import_key_set(resp.json())
+        self._keys = {
+            str(k.kid): k
+            for k in key_set.keys
+            if isinstance(k, ECKey) and k.kid and k.get("alg", "ES256") == "ES256"
+        }
+
+
+class RelyingParty:
+    """One service's view of the operator. ``http`` has the operator as its base_url."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        service_id: str,
+        issuer: str,
+        audience: str | None = None,
+        client_secret: str | None = None,
+        jwks: JwksCache | None = None,
+    ) -> None:
+        self.http = http
+        self.service_id = service_id
+        self.issuer = issuer
+        self.audience = audience or service_id
+        self.client_secret = client_secret
+        self.jwks = jwks or JwksCache(http, "/.well-known/jwks.json")
+
+    async def initiate(
+        self, token_id: str, scopes: list[str] | None = None, nonce: str | None = None
+    ) -> Initiation:
+        body: dict[str, Any] = {"tokenId": token_id, "serviceId": self.service_id}
+        if scopes is not None:
+            body["scopes"] = scopes
+        if nonce is not None:
+            body["nonce"] = nonce
+        headers = {"Authorization": f"Bearer {self.client_secret}"} if self.client_secret else {}
+        resp = await self.http.post("/auth/initiate", json=body, headers=headers)
+        if resp.status_code != 201:
+            raise ResultError("initiate_failed", f"{resp.status_code} {resp.text[:200]}")
+        data = resp.json()
+        return Initiation(
+            session_id=data["sessionId"],
+            auto_password=data["autoPassword"],
+            ws_token=data["wsToken"],
+            expires_at=data["expiresAt"],
+            random=data["random"],
+        )
+
+    def socket_url(self, initiation: Initiation) -> str:
+        base = str(self.http.base_url).rstrip("/")
+        base = "ws" + base.removeprefix("http")  # http -> ws, https -> wss
+        return (
+            f"{base}/ws/session/{quote(initiation.session_id)}?token={quote(initiation.ws_token)}"
+        )
+
+    async def wait_result(
+        self, initiation: Initiation, *, timeout: float = 120.0, origin: str | None = None
+    ) -> dict[str, Any]:
+        """Listen on the socket until the terminal message; return the ``approved`` message
+        (its ``hash`` checked) or raise :class:`ResultError`."""
+        async with asyncio.timeout(timeout):
+            async with websockets.connect(
+                self.socket_url(initiation),
+                origin=Origin(origin) if origin is not None else None,
+                compression=None,
+            ) as sock:
+                async for raw in sock:
+                    message = json.loads(raw)
+                    kind = message.get("type")
+                    if kind == "otp_ready":
+                        continue
+                    if kind == "approved":
+                        if not self.hash_ok(initiation, message):
+                            raise ResultError("bad_hash", "the result hash does not match")
+                        return dict(message)
+                    if kind == "rejected":
+                        raise ResultError("rejected", str(message.get("reason")))
+                    if kind == "expired":
+                        raise ResultError("expired")
+        raise ResultError("closed", "the socket closed without a result")
+
+    @staticmethod
+    def hash_ok(initiation: Initiation, message: dict[str, Any]) -> bool:
+        msg = f"{initiation.session_id}|{message['random']}|{message['jwt']}".encode()
+        expected = hmac.new(initiation.ws_token.encode(), msg, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, str(message.get("hash", "")))
+
+    async def verify_jwt(
+        self, token: str, *, session_id: str | None = None, nonce: str | None = None
+    ) -> dict[str, Any]:
+        """Verify signature (ES256 only), ``iss``, ``aud``, ``exp``, and ``sid``/``nonce`` if
+        given; return the claims."""
+        try:
+            header = jws.extract_compact(token.encode("ascii")).headers()
+        except (JoseError, ValueError, UnicodeError) as exc:
+            raise ResultError("invalid_jwt", "malformed") from exc
+        kid = header.get("kid")
+        if header.get("alg") != "ES256" or not isinstance(kid, str):
+            raise ResultError("invalid_jwt", "unexpected header")
+        key = await self.jwks.key(kid)
+        try:
+            decoded = jwt.decode(token, key, algorithms=["ES256"])
+            options: dict[str, Any] = {
+                "iss": {"essential": True, "value": self.issuer},
+                "aud": {"essential": True, "value": self.audience},
+                "exp": {"essential": True},
+                "sub": {"essential": True},
+            }
+            if session_id is not None:
+                options["sid"] = {"essential": True, "value": session_id}
+            if nonce is not None:
+                options["nonce"] = {"essential": True, "value": nonce}
+            jwt.JWTClaimsRegistry(**options).validate(decoded.claims)
+        except JoseError as exc:
+            raise ResultError("invalid_jwt", exc.error) from exc
+        return dict(decoded.claims)
+
+    async def login(
+        self, token_id: str, scopes: list[str] | None = None, *, timeout: float = 120.0
+    ) -> tuple[Initiation, dict[str, Any]]:
+        """Initiate and wait; the caller shows ``autoPassword`` meanwhile."""
+        initiation = await self.initiate(token_id, scopes)
+        message = await self.wait_result(initiation, timeout=timeout)
+        claims = await self.verify_jwt(message["jwt"], session_id=initiation.session_id)
+        return initiation, claims

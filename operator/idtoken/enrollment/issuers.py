@@ -1,0 +1,112 @@
+"""Enrollment issuers' public keys, loaded and checked once at start-up.
+
+An integration server (seed 000) gives its key as a PEM public key, a PEM certificate, or the
+base64 of either (``pubkey.pem.b64``, ``cert.b64``). The algorithm is pinned by key type — RS256
+for RSA (≥2048 bits), ES256 for EC P-256 — and never taken from a token header.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from idtoken import jose
+from idtoken.errors import ConfigError
+from idtoken.settings import IssuerSettings
+
+Alg = Literal["RS256", "ES256"]
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
+@dataclass(frozen=True)
+class StaticIssuer:
+    """An issuer whose single key is configured locally."""
+
+    settings: IssuerSettings
+    alg: Alg
+    verifier: jose.Verifier
+
+
+def load_static_issuer(index: int, settings: IssuerSettings, *, now: float) -> StaticIssuer:
+    """Load and check the key of ``enrollment_issuers[index]``; errors name the key."""
+    prefix = f"enrollment_issuers[{index}]"
+    if settings.public_key_file is not None:
+        key_name = f"{prefix}.public_key_file"
+        data = _read(key_name, settings.public_key_file)
+    elif settings.certificate_file is not None:
+        key_name = f"{prefix}.certificate_file"
+        data = _read(key_name, settings.certificate_file)
+    elif settings.public_key_b64 is not None:
+        key_name = f"{prefix}.public_key_b64"
+        data = settings.public_key_b64.encode("ascii", "replace")
+    else:
+        raise ConfigError(f"{prefix}.public_key_file", "no key configured")
+    who = f"issuer {settings.issuer!r}"
+    if not data.strip():
+        raise ConfigError(key_name, f"{who}: the key is empty")
+    key = _parse_key(key_name, who, _unwrap_base64(data), now=now)
+    alg: Alg
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < 2048:
+            raise ConfigError(key_name, f"{who}: RSA key of {key.key_size} bits (minimum 2048)")
+        alg = "RS256"
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name != "secp256r1":
+            raise ConfigError(key_name, f"{who}: EC curve {key.curve.name} (only P-256)")
+        alg = "ES256"
+    else:
+        raise ConfigError(key_name, f"{who}: only RSA and EC P-256 keys are supported")
+    return StaticIssuer(settings=settings, alg=alg, verifier=jose.verifier_for(key, alg))
+
+
+def _read(key_name: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(key_name, f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _unwrap_base64(data: bytes) -> bytes:
+    """``base64 pubkey.pem > pubkey.pem.b64`` wraps a PEM in base64 (with line breaks)."""
+    if b"-----BEGIN" in data:
+        return data
+    try:
+        decoded = base64.b64decode(b"".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return data
+    return decoded if b"-----BEGIN" in decoded else data
+
+
+def _parse_key(key_name: str, who: str, pem: bytes, *, now: float) -> PublicKey:
+    if b"-----BEGIN CERTIFICATE-----" in pem:
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+        except ValueError as exc:
+            raise ConfigError(key_name, f"{who}: not a valid PEM certificate") from exc
+        moment = datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
+        if moment < cert.not_valid_before_utc:
+            raise ConfigError(
+                key_name,
+                f"{who}: certificate not valid before {cert.not_valid_before_utc:%Y-%m-%d}",
+            )
+        if moment > cert.not_valid_after_utc:
+            raise ConfigError(
+                key_name, f"{who}: certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+            )
+        key: object = cert.public_key()
+    else:
+        try:
+            key = serialization.load_pem_public_key(pem)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(key_name, f"{who}: not a PEM public key or certificate") from exc
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise ConfigError(key_name, f"{who}: only RSA and EC P-256 keys are supported")
+    return key

@@ -1,0 +1,144 @@
+"""The one place that defines what an error looks like on the wire.
+
+Every failure the operator reports to a client is an :class:`OperatorError`: a snake_case
+``code``, an HTTP ``status`` and a human ``description``. Descriptions are written for the
+client and never carry a secret, an OTP, a library message or a stack trace; the detail that
+helps an operator goes to the log through ``log_detail``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class OperatorError(Exception):
+    """A failure with a stable wire code. Subclasses fix ``code`` and ``status``."""
+
+    code: str = "invalid_request"
+    status: int = 400
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        log_detail: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.description = description
+        self.log_detail = log_detail
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.code, "error_description": self.description}
+
+
+class InvalidRequest(OperatorError):
+    code, status = "invalid_request", 400
+
+
+class RequestTooLarge(OperatorError):
+    code, status = "request_too_large", 413
+
+
+class UnsupportedMediaType(OperatorError):
+    code, status = "unsupported_media_type", 415
+
+
+class NotFound(OperatorError):
+    code, status = "not_found", 404
+
+
+class MethodNotAllowed(OperatorError):
+    code, status = "method_not_allowed", 405
+
+
+class InvalidScope(OperatorError):
+    code, status = "invalid_scope", 400
+
+
+class InvalidClient(OperatorError):
+    code, status = "invalid_client", 401
+
+
+class UnknownService(OperatorError):
+    code, status = "unknown_service", 404
+
+
+class UnknownToken(OperatorError):
+    code, status = "unknown_token", 404
+
+
+class TokenRevoked(OperatorError):
+    code, status = "token_revoked", 403
+
+
+class _RetryAfter(OperatorError):
+    def __init__(self, description: str, *, retry_after: int, log_detail: str | None = None):
+        super().__init__(
+            description,
+            log_detail=log_detail,
+            headers={"Retry-After": str(max(1, int(retry_after)))},
+        )
+        self.retry_after = max(1, int(retry_after))
+
+
+class TooManyRequests(_RetryAfter):
+    code, status = "too_many_requests", 429
+
+
+class TemporarilyUnavailable(_RetryAfter):
+    code, status = "temporarily_unavailable", 503
+
+
+class InvalidEnrollmentToken(OperatorError):
+    code, status = "invalid_enrollment_token", 401
+
+
+class InvalidSignature(OperatorError):
+    code, status = "invalid_signature", 401
+
+
+class DeviceMismatch(OperatorError):
+    code, status = "device_mismatch", 403
+
+
+class UnknownSession(OperatorError):
+    code, status = "unknown_session", 404
+
+
+class SessionNotPending(OperatorError):
+    code, status = "session_not_pending", 409
+
+
+class SessionExpired(OperatorError):
+    code, status = "session_expired", 410
+
+
+class InvalidOtp(OperatorError):
+    code, status = "invalid_otp", 400
+
+
+class TokenReplayed(OperatorError):
+    code, status = "token_replayed", 409
+
+
+class TokenConflict(OperatorError):
+    code, status = "token_conflict", 409
+
+
+class Unauthorized(OperatorError):
+    code, status = "unauthorized", 401
+
+
+class ServerError(OperatorError):
+    code, status = "server_error", 500
+
+
+class ConfigError(Exception):
+    """A configuration problem found at start-up. The message names the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message

@@ -1,0 +1,468 @@
+"""The login flow: initiate, approve (verify), reject, and the app's pending list.
+
+Framework-free: the HTTP layer parses and validates bodies, this module applies the contract's
+rules and the store makes every state change atomic. A session's immutable facts (token,
+service, scopes, OTP, nonce) are cached for the session's life on the instance that created it,
+so the common case of a verify on the same instance costs exactly one store round trip.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+import logging
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from idtoken import ids
+from idtoken.clock import Clock
+from idtoken.enrollment.credential import Credential, verify_credential
+from idtoken.errors import (
+    DeviceMismatch,
+    InvalidOtp,
+    InvalidRequest,
+    InvalidScope,
+    InvalidSignature,
+    OperatorError,
+    SessionExpired,
+    SessionNotPending,
+    TokenRevoked,
+    TooManyRequests,
+    UnknownSession,
+    UnknownToken,
+)
+from idtoken.jose import JoseError
+from idtoken.keys.device import DeviceKeyError, key_from_jwk, verify_device_signature
+from idtoken.keys.signing import SigningKeys
+from idtoken.push.base import PushOutcome, PushResult, PushSubscription
+from idtoken.push.dispatch import PushDispatcher
+from idtoken.scopes import KNOWN_SCOPES, claims_for, scope_string
+from idtoken.settings import ServiceSettings, Settings
+from idtoken.store.base import (
+    CreateStatus,
+    InitiateLimits,
+    Outcome,
+    SessionRecord,
+    Store,
+    Transition,
+)
+
+log = logging.getLogger("idtoken.login")
+security = logging.getLogger("idtoken.security")
+
+PUSH_WINDOW = 600
+_CACHE_SIZE = 20_000
+
+
+@dataclass(frozen=True)
+class Initiated:
+    session_id: str
+    auto_password: str
+    ws_token: str
+    expires_at: float
+    random: str
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    session_id: str
+    token_id: str
+    otp: str
+    granted_scopes: list[str]  # exactly as sent: the signed message uses this order
+    timestamp: int
+    credential: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class RejectRequest:
+    session_id: str
+    token_id: str
+    timestamp: int
+    reason: str  # "user_rejected" | "not_me"
+    signature: str
+
+
+REJECT_REASONS = {"user_rejected": "User rejected", "not_me": "Not me"}
+
+
+def verify_message(session_id: str, otp: str, timestamp: int, scopes: list[str]) -> str:
+    return f"{session_id}|{otp}|{timestamp}|{' '.join(scopes)}"
+
+
+def reject_message(session_id: str, timestamp: int) -> str:
+    return f"{session_id}|reject|{timestamp}"
+
+
+def pending_message(token_id: str, timestamp: int) -> str:
+    return f"{token_id}|pending|{timestamp}"
+
+
+def push_topic(token_id: str) -> str:
+    """One Web Push topic per token, so a newer prompt replaces an older one on the device."""
+    digest = hashlib.sha256(token_id.encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")[:32]
+
+
+class LoginService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        keys: SigningKeys,
+        clock: Clock,
+        dispatcher: PushDispatcher | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._keys = keys
+        self._clock = clock
+        self._dispatcher = dispatcher
+        self._recent: OrderedDict[str, SessionRecord] = OrderedDict()
+        limits = settings.limits
+        self._limits = InitiateLimits(
+            max_pending=limits.max_pending_per_token,
+            pushes_per_window=limits.pushes_per_token_per_10min,
+            push_window=PUSH_WINDOW,
+            max_failed_verifications=limits.max_failed_verifications,
+        )
+
+    # ------------------------------------------------------------------ relying party
+    async def initiate(
+        self,
+        service: ServiceSettings,
+        token_id: str,
+        scopes: tuple[str, ...],
+        nonce: str | None,
+    ) -> Initiated:
+        requested = scopes or service.default_scopes
+        for scope in requested:
+            if scope not in KNOWN_SCOPES or scope not in service.allowed_scopes:
+                raise InvalidScope("a requested scope is not allowed for this service")
+        now = self._clock.now()
+        ws_token = ids.new_ws_token()
+        session = SessionRecord(
+            session_id=ids.new_session_id(),
+            token_id=token_id,
+            service_id=service.id,
+            scopes=tuple(requested),
+            nonce=nonce,
+            otp=ids.new_otp(),
+            ws_token_sha256=ids.sha256_hex(ws_token),
+            random=ids.new_random(),
+            created_at=now,
+            expires_at=now + service.session_ttl,
+        )
+        result = await self._store.create_session(session, limits=self._limits, now=now)
+        if result.status is not CreateStatus.CREATED:
+            raise _refusal(result.status, result.retry_after)
+        self._remember(session)
+        log.info(
+            "session initiated",
+            extra={"session_id": session.session_id, "service_id": service.id},
+        )
+        if result.push_subscription is not None and self._dispatcher is not None:
+            self._push(service, session, result.push_subscription, now)
+        return Initiated(
+            session_id=session.session_id,
+            auto_password=session.otp,
+            ws_token=ws_token,
+            expires_at=session.expires_at,
+            random=session.random,
+        )
+
+    def _push(self, service: ServiceSettings, session: SessionRecord, raw: Any, now: float) -> None:
+        try:
+            subscription = PushSubscription.parse(raw)
+        except ValueError:
+            log.warning(
+                "stored push subscription unusable", extra={"session_id": session.session_id}
+            )
+            return
+        assert self._dispatcher is not None
+        self._dispatcher.dispatch(
+            session.session_id,
+            subscription,
+            self.app_view(session, service),
+            ttl=max(0, int(session.expires_at - now)),
+            topic=push_topic(session.token_id),
+            deadline=session.expires_at,
+        )
+
+    async def push_finished(
+        self, session_id: str, subscription: PushSubscription, result: PushResult
+    ) -> None:
+        """A 404/410 from the push service marks the subscription dead; the app learns it on
+        its next /auth/pending."""
+        session = self._recent.get(session_id)
+        if result.outcome is PushOutcome.DEAD and session is not None:
+            await self._store.mark_push_dead(session.token_id, subscription.endpoint)
+
+    def app_view(self, session: SessionRecord, service: ServiceSettings) -> dict[str, Any]:
+        """What the phone is shown about a session (push payload and /auth/pending)."""
+        view: dict[str, Any] = {
+            "type": "auth_request",
+            "sessionId": session.session_id,
+            "serviceId": service.id,
+            "serviceName": service.name,
+            "scopes": list(session.scopes),
+            "expiresAt": ids.iso_z(session.expires_at),
+        }
+        if service.otp_mode == "display":
+            view["autoPassword"] = session.otp
+        return view
+
+    # ------------------------------------------------------------------ mobile app
+    async def verify(self, req: VerifyRequest) -> None:
+        now = self._clock.now()
+        session = await self._session_for(req.token_id, req.session_id, now)
+        service = self._settings.services.get(session.service_id)
+        if service is None:  # the service was removed from the configuration meanwhile
+            raise SessionNotPending("the session's service no longer exists")
+
+        if abs(now * 1000 - req.timestamp) > self._settings.limits.timestamp_skew * 1000:
+            await self._fail(
+                session, None, now, InvalidSignature("timestamp outside the allowed window")
+            )
+        try:
+            credential = verify_credential(
+                self._keys, req.credential, issuer=self._settings.issuer, now=now
+            )
+        except JoseError as exc:
+            security.warning(
+                "credential refused", extra={"session_id": session.session_id, "reason": exc.reason}
+            )
+            await self._fail(session, None, now, InvalidSignature("the credential is not valid"))
+        if credential.token_id != session.token_id:
+            await self._fail(
+                session, None, now, DeviceMismatch("the device is not enrolled for this token")
+            )
+        try:
+            key = key_from_jwk(credential.device_jwk)
+            verify_device_signature(
+                key,
+                verify_message(req.session_id, req.otp, req.timestamp, req.granted_scopes),
+                req.signature,
+            )
+        except DeviceKeyError as exc:
+            security.warning(
+                "approval signature refused",
+                extra={"session_id": session.session_id, "reason": exc.reason},
+            )
+            await self._fail(session, None, now, InvalidSignature("the signature does not verify"))
+
+        granted = list(dict.fromkeys(req.granted_scopes))
+        if not set(granted) <= set(session.scopes):
+            await self._fail(
+                session,
+                None,
+                now,
+                InvalidRequest("grantedScopes must be a subset of the requested scopes"),
+            )
+        if not ids.same_secret(req.otp, session.otp):
+            display = service.otp_mode == "display"
+            await self._fail(
+                session,
+                "Invalid OTP" if display else None,
+                now,
+                InvalidOtp("the code does not match"),
+            )
+
+        jwt, exp = self._issue(session, service, credential, granted, now)
+        final = json.dumps(
+            {"type": "approved", "jwt": jwt, "random": session.random, "expiresAt": ids.iso_z(exp)},
+            separators=(",", ":"),
+        )
+        t = await self._store.approve(
+            session.token_id,
+            session.session_id,
+            key_thumbprint=credential.key_thumbprint,
+            credential_jti=credential.jti,
+            final=final,
+            now=now,
+        )
+        if t.outcome is Outcome.APPROVED:
+            log.info(
+                "session approved",
+                extra={"session_id": session.session_id, "service_id": service.id},
+            )
+            return
+        if t.outcome in (Outcome.STALE_DEVICE, Outcome.REVOKED):
+            security.warning(
+                "approval with a replaced device or credential",
+                extra={"session_id": session.session_id},
+            )
+            await self._fail(
+                session,
+                None,
+                now,
+                InvalidSignature("the device key or credential is no longer valid"),
+            )
+        raise _state_error(t)
+
+    async def reject(self, req: RejectRequest) -> None:
+        now = self._clock.now()
+        session = await self._session_for(req.token_id, req.session_id, now)
+        await self._check_device_signature(
+            req.token_id,
+            reject_message(req.session_id, req.timestamp),
+            req.timestamp,
+            req.signature,
+            now,
+        )
+        not_me = req.reason == "not_me"
+        pause = self._settings.limits.not_me_pause if not_me else 0
+        t = await self._store.reject(
+            session.token_id,
+            session.session_id,
+            reason=REJECT_REASONS[req.reason],
+            pause=pause,
+            now=now,
+        )
+        if t.outcome is not Outcome.REJECTED:
+            raise _state_error(t)
+        if not_me:
+            security.warning(
+                "fraud report: user says the login was not theirs",
+                extra={"session_id": session.session_id, "service_id": session.service_id},
+            )
+        else:
+            log.info("session rejected by user", extra={"session_id": session.session_id})
+
+    async def pending(self, token_id: str, timestamp: int, signature: str) -> list[dict[str, Any]]:
+        now = self._clock.now()
+        await self._check_device_signature(
+            token_id, pending_message(token_id, timestamp), timestamp, signature, now
+        )
+        sessions = await self._store.pending_sessions(token_id, now=now)
+        out = []
+        for session in sessions:
+            service = self._settings.services.get(session.service_id)
+            if service is not None:
+                view = self.app_view(session, service)
+                del view["type"]
+                out.append(view)
+        return out
+
+    # ------------------------------------------------------------------ internals
+    async def _session_for(self, token_id: str, session_id: str, now: float) -> SessionRecord:
+        """The session, or the contract's error if it is unknown, not the token's, or over."""
+        cached = self._recent.get(session_id)
+        if cached is not None and cached.token_id == token_id and cached.expires_at > now:
+            return cached
+        session = await self._store.get_session(token_id, session_id)
+        if session is None:
+            other = await self._store.find_session(session_id)
+            if other is not None:
+                security.warning(
+                    "approval for another token's session", extra={"session_id": session_id}
+                )
+                raise DeviceMismatch("the device is not enrolled for this token")
+            raise UnknownSession("no such session")
+        if session.state == "pending" and now >= session.expires_at:
+            await self._store.expire(token_id, session_id, now=now)
+            raise SessionExpired("the session has expired")
+        if session.state != "pending":
+            raise _state_error(Transition(_state_outcome(session), session.failures))
+        return session
+
+    async def _fail(
+        self, session: SessionRecord, end_reason: str | None, now: float, error: OperatorError
+    ) -> NoReturn:
+        """Count a failed verification, then raise ``error`` (or the state's error if the
+        session was already over)."""
+        t = await self._store.fail(
+            session.token_id, session.session_id, end_reason=end_reason, now=now
+        )
+        if t.outcome in (Outcome.COUNTED, Outcome.REJECTED):
+            raise error
+        raise _state_error(t)
+
+    async def _check_device_signature(
+        self, token_id: str, message: str, timestamp: int, signature: str, now: float
+    ) -> None:
+        """Requests without a credential (reject, pending) are signed by the stored device key.
+        An unknown token and a bad signature get the same answer."""
+        if abs(now * 1000 - timestamp) > self._settings.limits.timestamp_skew * 1000:
+            raise InvalidSignature("timestamp outside the allowed window")
+        device = await self._store.get_device(token_id)
+        if device is not None and device.status == "revoked":
+            raise TokenRevoked("this token has been revoked")
+        try:
+            if device is None:
+                raise DeviceKeyError("unknown_token")
+            verify_device_signature(key_from_jwk(device.public_jwk), message, signature)
+        except DeviceKeyError as exc:
+            security.warning("device signature refused", extra={"reason": exc.reason})
+            raise InvalidSignature("the signature does not verify") from exc
+
+    def _issue(
+        self,
+        session: SessionRecord,
+        service: ServiceSettings,
+        credential: Credential,
+        granted: list[str],
+        now: float,
+    ) -> tuple[str, int]:
+        iat = int(now)
+        exp = iat + service.token_ttl
+        claims: dict[str, Any] = {
+            "iss": self._settings.issuer,
+            "sub": session.token_id,
+            "aud": service.audience,
+            "iat": iat,
+            "exp": exp,
+            "jti": secrets.token_urlsafe(16),
+            "sid": session.session_id,
+            "scope": scope_string(granted),
+        }
+        if session.nonce is not None:
+            claims["nonce"] = session.nonce
+        today = datetime.datetime.fromtimestamp(now, tz=datetime.UTC).date()
+        claims["idtoken"] = claims_for(
+            granted, credential.claims, token_id=session.token_id, today=today
+        )
+        return self._keys.sign(claims, typ="JWT"), exp
+
+    def _remember(self, session: SessionRecord) -> None:
+        self._recent[session.session_id] = session
+        while len(self._recent) > _CACHE_SIZE:
+            self._recent.popitem(last=False)
+
+
+def _refusal(status: CreateStatus, retry_after: int) -> OperatorError:
+    if status is CreateStatus.UNKNOWN_TOKEN:
+        return UnknownToken("no device is enrolled for this tokenId")
+    if status is CreateStatus.REVOKED:
+        return TokenRevoked("this token has been revoked")
+    descriptions = {
+        CreateStatus.TOO_MANY_PENDING: "the token has the maximum number of pending sessions",
+        CreateStatus.PUSH_RATE: "too many login requests for this token; try again later",
+        CreateStatus.PAUSED: "logins for this token are paused after a fraud report",
+        CreateStatus.LOCKED: "this token is locked after too many failed verifications",
+    }
+    return TooManyRequests(descriptions[status], retry_after=retry_after)
+
+
+def _state_outcome(session: SessionRecord) -> Outcome:
+    if session.state == "expired":
+        return Outcome.EXPIRED
+    if session.state == "rejected" and session.failures >= 3:
+        return Outcome.TOO_MANY
+    return Outcome.NOT_PENDING
+
+
+def _state_error(t: Transition) -> OperatorError:
+    if t.outcome is Outcome.EXPIRED:
+        return SessionExpired("the session has expired")
+    if t.outcome is Outcome.TOO_MANY:
+        return TooManyRequests("too many failed attempts for this session", retry_after=60)
+    if t.outcome is Outcome.UNKNOWN:
+        return UnknownSession("no such session")
+    if t.outcome is Outcome.REVOKED:
+        return TokenRevoked("this token has been revoked")
+    return SessionNotPending("the session is no longer pending")

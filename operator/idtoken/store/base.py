@@ -1,0 +1,364 @@
+"""The storage contract shared by the embedded store and Redis.
+
+Every method is one atomic state change or one consistent read: concurrent callers on any
+number of operator instances observe the session state machine
+
+    pending --approve--> approved
+    pending --reject / fail(limit)--> rejected
+    pending --(now >= expiresAt)--> expired
+
+and nothing else. A decided session keeps its terminal message for :data:`RESULT_KEEP`
+seconds so that a late or reconnecting browser still receives it.
+
+Events: every decision is published to every instance; a process registers interest in a
+session with :meth:`Store.listen`. When the event connection is (re)established, listeners are
+called with ``None`` and must re-read the stored state, so a lost message never loses a decision.
+
+Errors: any failure to reach the backing store raises :class:`StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+RESULT_KEEP = 300
+"""Seconds a decided (or expired) session stays readable after its decision or expiry."""
+
+MAX_SESSION_FAILURES = 3
+
+SessionState = Literal["pending", "approved", "rejected", "expired"]
+
+
+class StoreUnavailable(Exception):
+    """The backing store cannot be reached or answered with an error."""
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """What the operator keeps about an enrolled token. No identity claims, by design."""
+
+    token_id: str
+    issuer: str
+    device_id: str
+    public_jwk: Mapping[str, str]
+    key_thumbprint: str
+    credential_jti: str
+    credential_exp: int
+    enrolled_at: float
+    push_subscription: Mapping[str, Any] | None = None
+    push_dead: bool = False
+    status: Literal["active", "revoked"] = "active"
+    failed_verifications: int = 0
+    paused_until: float = 0.0
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "tok": self.token_id,
+            "iss": self.issuer,
+            "dev": self.device_id,
+            "jwk": json.dumps(dict(self.public_jwk), separators=(",", ":")),
+            "kt": self.key_thumbprint,
+            "cj": self.credential_jti,
+            "cexp": str(self.credential_exp),
+            "at": repr(self.enrolled_at),
+            "push": ""
+            if self.push_subscription is None
+            else json.dumps(self.push_subscription, separators=(",", ":")),
+            "dead": "1" if self.push_dead else "0",
+            "status": self.status,
+            "fails": str(self.failed_verifications),
+            "pause": repr(self.paused_until),
+        }
+
+    @classmethod
+    def from_fields(cls, f: Mapping[str, str]) -> DeviceRecord:
+        push = f.get("push", "")
+        return cls(
+            token_id=f["tok"],
+            issuer=f["iss"],
+            device_id=f["dev"],
+            public_jwk=json.loads(f["jwk"]),
+            key_thumbprint=f["kt"],
+            credential_jti=f["cj"],
+            credential_exp=int(f["cexp"]),
+            enrolled_at=float(f["at"]),
+            push_subscription=json.loads(push) if push else None,
+            push_dead=f.get("dead") == "1",
+            status="revoked" if f.get("status") == "revoked" else "active",
+            failed_verifications=int(f.get("fails", "0")),
+            paused_until=float(f.get("pause", "0")),
+        )
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """One login attempt. All but ``state``, ``failures`` and ``result`` is fixed at creation."""
+
+    session_id: str
+    token_id: str
+    service_id: str
+    scopes: tuple[str, ...]
+    nonce: str | None
+    otp: str
+    ws_token_sha256: str
+    random: str
+    created_at: float
+    expires_at: float
+    state: SessionState = "pending"
+    failures: int = 0
+    result: str | None = None
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "sid": self.session_id,
+            "tok": self.token_id,
+            "svc": self.service_id,
+            "scopes": " ".join(self.scopes),
+            "nonce": "" if self.nonce is None else self.nonce,
+            "hasnonce": "0" if self.nonce is None else "1",
+            "otp": self.otp,
+            "wsh": self.ws_token_sha256,
+            "rnd": self.random,
+            "at": repr(self.created_at),
+            "exp": repr(self.expires_at),
+            "state": self.state,
+            "fails": str(self.failures),
+        }
+
+    @classmethod
+    def from_fields(cls, f: Mapping[str, str]) -> SessionRecord:
+        state = f["state"]
+        if state not in ("pending", "approved", "rejected", "expired"):
+            raise ValueError(f"corrupt session state {state!r}")
+        return cls(
+            session_id=f["sid"],
+            token_id=f["tok"],
+            service_id=f["svc"],
+            scopes=tuple(f["scopes"].split()) if f["scopes"] else (),
+            nonce=f["nonce"] if f.get("hasnonce") == "1" else None,
+            otp=f["otp"],
+            ws_token_sha256=f["wsh"],
+            random=f["rnd"],
+            created_at=float(f["at"]),
+            expires_at=float(f["exp"]),
+            state=state,  # type: ignore[arg-type]
+            failures=int(f.get("fails", "0")),
+            result=f.get("result") or None,
+        )
+
+
+class CreateStatus(enum.StrEnum):
+    CREATED = "created"
+    UNKNOWN_TOKEN = "unknown_token"  # noqa: S105 - a status name, not a secret
+    REVOKED = "revoked"
+    LOCKED = "locked"
+    PAUSED = "paused"
+    TOO_MANY_PENDING = "too_many_pending"
+    PUSH_RATE = "push_rate"
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    status: CreateStatus
+    retry_after: int = 0
+    push_subscription: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class InitiateLimits:
+    max_pending: int
+    pushes_per_window: int
+    push_window: int
+    max_failed_verifications: int
+
+
+class Outcome(enum.StrEnum):
+    """Result of a state change on a session."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    COUNTED = "counted"  # a failure was recorded, the session stays pending
+    EXPIRED = "expired"  # the session's lifetime had passed; it is now (or was) expired
+    NOT_PENDING = "not_pending"  # already approved or rejected
+    TOO_MANY = "too_many"  # already rejected for too many attempts
+    UNKNOWN = "unknown"
+    STALE_DEVICE = "stale_device"  # the device key or credential is no longer the current one
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class Transition:
+    outcome: Outcome
+    failures: int = 0
+
+
+class EnrollStatus(enum.StrEnum):
+    ENROLLED = "enrolled"
+    REPLACED = "replaced"
+    REPLAYED = "replayed"
+    CONFLICT = "conflict"
+    REVOKED = "revoked"
+
+
+EventCallback = Callable[[str, "Event | None"], None]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A message about one session, delivered to every instance."""
+
+    session_id: str
+    final: str | None = None  # the terminal browser message (JSON text, without `hash`)
+    claim: int | None = None  # a newer socket took the session: its sequence number
+
+    def encode(self) -> str:
+        if self.final is not None:
+            return json.dumps({"sid": self.session_id, "final": self.final}, separators=(",", ":"))
+        return json.dumps({"sid": self.session_id, "claim": self.claim}, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, data: str | bytes) -> Event | None:
+        try:
+            obj = json.loads(data)
+            sid = obj["sid"]
+            if not isinstance(sid, str):
+                return None
+            final = obj.get("final")
+            claim = obj.get("claim")
+            return cls(
+                session_id=sid,
+                final=final if isinstance(final, str) else None,
+                claim=claim if isinstance(claim, int) else None,
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def final_message(kind: Literal["rejected", "expired"], reason: str | None = None) -> str:
+    if kind == "expired":
+        return '{"type":"expired"}'
+    return json.dumps({"type": "rejected", "reason": reason}, separators=(",", ":"))
+
+
+class Store(Protocol):
+    """Storage for devices, sessions and single-use markers. See the module docstring."""
+
+    async def start(self) -> None:
+        """Connect and begin receiving events. Idempotent."""
+
+    async def aclose(self) -> None:
+        """Stop receiving events and release connections."""
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the store answers."""
+
+    # ---- devices -------------------------------------------------------------------------
+    async def get_device(self, token_id: str) -> DeviceRecord | None: ...
+
+    async def enroll(
+        self, device: DeviceRecord, *, replay_id: str, replay_ttl: int
+    ) -> EnrollStatus:
+        """Atomically: refuse if ``replay_id`` was seen for this token (REPLAYED), if the token
+        is revoked (REVOKED) or belongs to another issuer (CONFLICT); otherwise remember
+        ``replay_id`` for ``replay_ttl`` seconds and store ``device``, replacing the previous
+        device of the same issuer (REPLACED) or creating it (ENROLLED). A replaced device's
+        pending sessions end as rejected."""
+        ...
+
+    async def mark_push_dead(self, token_id: str, endpoint: str) -> None:
+        """Flag the token's push subscription dead if it still has this endpoint."""
+
+    # ---- sessions ------------------------------------------------------------------------
+    async def create_session(
+        self, session: SessionRecord, *, limits: InitiateLimits, now: float
+    ) -> CreateResult:
+        """Atomically check the token (exists, active, not paused or locked, fewer than
+        ``max_pending`` pending sessions, push rate) and store ``session`` as pending. Nothing
+        is written unless the result is CREATED."""
+        ...
+
+    async def get_session(self, token_id: str, session_id: str) -> SessionRecord | None:
+        """The session, if it exists and belongs to ``token_id``."""
+        ...
+
+    async def find_session(self, session_id: str) -> SessionRecord | None:
+        """The session by id alone (used by sockets, which do not know the token)."""
+        ...
+
+    async def approve(
+        self,
+        token_id: str,
+        session_id: str,
+        *,
+        key_thumbprint: str,
+        credential_jti: str,
+        final: str,
+        now: float,
+    ) -> Transition:
+        """Compare-and-set pending -> approved, store ``final`` and publish it, provided the
+        session is unexpired and the token's current device key and credential are the given
+        ones (else STALE_DEVICE, nothing changed). Resets the token's failure count and push
+        rate. Exactly one concurrent caller can get APPROVED."""
+        ...
+
+    async def fail(
+        self, token_id: str, session_id: str, *, end_reason: str | None, now: float
+    ) -> Transition:
+        """Count a failed verification on a pending session and on its token. The session ends
+        rejected with ``end_reason`` if given, or "Too many attempts" at the
+        :data:`MAX_SESSION_FAILURES`-th failure."""
+        ...
+
+    async def reject(
+        self, token_id: str, session_id: str, *, reason: str, pause: int, now: float
+    ) -> Transition:
+        """End a pending session as rejected with ``reason``. With ``pause`` > 0 (a fraud
+        report) every other pending session of the token is rejected with the same reason and
+        new sessions are refused for ``pause`` seconds."""
+        ...
+
+    async def expire(self, token_id: str, session_id: str, *, now: float) -> SessionRecord | None:
+        """Mark a pending session whose lifetime has passed as expired (publishing it) and
+        return the session as it now stands."""
+        ...
+
+    async def pending_sessions(self, token_id: str, *, now: float) -> list[SessionRecord]:
+        """The token's pending, unexpired sessions, oldest first."""
+        ...
+
+    async def claim_socket(self, token_id: str, session_id: str) -> int:
+        """Record that a new socket serves this session; returns its sequence number and
+        publishes a claim so that older sockets (on any instance) close with 4009."""
+        ...
+
+    def listen(self, session_id: str, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(session_id, event)`` for events about the session, and
+        ``callback(session_id, None)`` after the event stream reconnects. Returns a function
+        that stops listening."""
+        ...
+
+    # ---- rate limits ---------------------------------------------------------------------
+    async def hit(self, key: str, *, limit: int, window: int, now: float) -> int:
+        """Count one event for ``key`` in a sliding ``window``; returns 0 if allowed or the
+        seconds until it would be, without counting, if ``limit`` is reached."""
+        ...
+
+
+def token_summary(device: DeviceRecord) -> dict[str, Any]:
+    """An operator-facing view of a device record (for the CLI). Holds no identity claims."""
+    return {
+        "tokenId": device.token_id,
+        "issuer": device.issuer,
+        "deviceId": device.device_id,
+        "keyThumbprint": device.key_thumbprint,
+        "status": device.status,
+        "pushSubscription": "none"
+        if device.push_subscription is None
+        else ("dead" if device.push_dead else "active"),
+        "failedVerifications": device.failed_verifications,
+        "credentialExpiresAt": device.credential_exp,
+    }

@@ -1,0 +1,208 @@
+"""Lua scripts that make each state change of :class:`~idtoken.store.redis.RedisStore` atomic.
+
+Every key a script touches carries the token's hash tag ``{t:<tokenId>}``, so a script never
+crosses a Redis Cluster slot. Times come from the caller (the operator's clock) as decimal
+seconds; the terminal browser message is built by the caller and stored verbatim.
+"""
+
+from __future__ import annotations
+
+# Shared helpers, prepended to every script that moves a session.
+_PRELUDE = r"""
+local EXPIRED = '{"type":"expired"}'
+
+local function finish(skey, pkey, sid, state, final, now, keep, channel)
+  redis.call('HSET', skey, 'state', state, 'result', final, 'decided', tostring(now))
+  local exp = tonumber(redis.call('HGET', skey, 'exp'))
+  redis.call('EXPIRE', skey, math.ceil(math.max(exp, now) + keep - now))
+  redis.call('ZREM', pkey, sid)
+  redis.call('PUBLISH', channel, cjson.encode({sid = sid, final = final}))
+end
+
+-- nil when the session is pending and unexpired, else the reply to return.
+local function check_pending(skey, pkey, sid, now, keep, channel)
+  local s = redis.call('HMGET', skey, 'state', 'exp', 'fails')
+  if not s[1] then return {'unknown', '0'} end
+  if s[1] ~= 'pending' then return {s[1], s[3] or '0'} end
+  if now >= tonumber(s[2]) then
+    finish(skey, pkey, sid, 'expired', EXPIRED, now, keep, channel)
+    return {'expired', s[3] or '0'}
+  end
+  return nil
+end
+
+local function reject_pending(pkey, prefix, now, final, keep, channel)
+  local sids = redis.call('ZRANGEBYSCORE', pkey, '(' .. tostring(now), '+inf')
+  for _, osid in ipairs(sids) do
+    local okey = prefix .. osid
+    if redis.call('HGET', okey, 'state') == 'pending' then
+      finish(okey, pkey, osid, 'rejected', final, now, keep, channel)
+    end
+  end
+end
+"""
+
+# KEYS: device, pending, pushes, session, session-ref
+# ARGV: now, expiresAt, keep_ms, max_pending, push_limit, push_window, max_failed, sid, fields...
+CREATE = r"""
+local now = tonumber(ARGV[1])
+local d = redis.call('HMGET', KEYS[1], 'status', 'pause', 'fails', 'push', 'dead')
+if not d[1] then return {'unknown_token', '0'} end
+if d[1] == 'revoked' then return {'revoked', '0'} end
+local pause = tonumber(d[2] or '0') or 0
+if pause > now then return {'paused', tostring(pause - now)} end
+if (tonumber(d[3] or '0') or 0) >= tonumber(ARGV[7]) then return {'locked', '3600'} end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return {'too_many_pending', tostring(tonumber(first[2]) - now)}
+end
+local window = tonumber(ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tostring(now - window))
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  return {'push_rate', tostring(tonumber(first[2]) + window - now)}
+end
+local sid = ARGV[8]
+redis.call('HSET', KEYS[4], unpack(ARGV, 9))
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
+redis.call('SET', KEYS[5], redis.call('HGET', KEYS[1], 'tok'), 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], sid)
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+redis.call('ZADD', KEYS[3], ARGV[1], sid)
+redis.call('EXPIRE', KEYS[3], window)
+local push = ''
+if d[5] ~= '1' then push = d[4] or '' end
+return {'created', '0', push}
+"""
+
+# KEYS: session, device, pending, pushes
+# ARGV: now, keep, sid, channel, key_thumbprint, credential_jti, final
+APPROVE = (
+    _PRELUDE
+    + r"""
+local now, keep, sid, channel = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local r = check_pending(KEYS[1], KEYS[3], sid, now, keep, channel)
+if r then return r end
+local fails = redis.call('HGET', KEYS[1], 'fails') or '0'
+local d = redis.call('HMGET', KEYS[2], 'status', 'kt', 'cj')
+if not d[1] or d[1] == 'revoked' then return {'revoked', fails} end
+if d[2] ~= ARGV[5] or d[3] ~= ARGV[6] then return {'stale_device', fails} end
+finish(KEYS[1], KEYS[3], sid, 'approved', ARGV[7], now, keep, channel)
+redis.call('DEL', KEYS[4])
+redis.call('HSET', KEYS[2], 'fails', '0')
+return {'approved_now', fails}
+"""
+)
+
+# KEYS: session, device, pending
+# ARGV: now, keep, sid, channel, end_final ('' = keep pending), too_many_final, max_failures
+FAIL = (
+    _PRELUDE
+    + r"""
+local now, keep, sid, channel = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local r = check_pending(KEYS[1], KEYS[3], sid, now, keep, channel)
+if r then return r end
+local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'fails', 1) end
+local final = ARGV[5]
+if fails >= tonumber(ARGV[7]) then final = ARGV[6] end
+if final == '' then return {'counted', tostring(fails)} end
+finish(KEYS[1], KEYS[3], sid, 'rejected', final, now, keep, channel)
+return {'rejected_now', tostring(fails)}
+"""
+)
+
+# KEYS: session, device, pending
+# ARGV: now, keep, sid, channel, final, pause, session-key prefix
+REJECT = (
+    _PRELUDE
+    + r"""
+local now, keep, sid, channel = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local r = check_pending(KEYS[1], KEYS[3], sid, now, keep, channel)
+if r then return r end
+local fails = redis.call('HGET', KEYS[1], 'fails') or '0'
+finish(KEYS[1], KEYS[3], sid, 'rejected', ARGV[5], now, keep, channel)
+local pause = tonumber(ARGV[6])
+if pause > 0 then
+  reject_pending(KEYS[3], ARGV[7], now, ARGV[5], keep, channel)
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('HSET', KEYS[2], 'pause', tostring(now + pause))
+  end
+end
+return {'rejected_now', fails}
+"""
+)
+
+# KEYS: session, pending     ARGV: now, keep, sid, channel
+EXPIRE = (
+    _PRELUDE
+    + r"""
+check_pending(KEYS[1], KEYS[2], ARGV[3], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[4])
+return redis.call('HGETALL', KEYS[1])
+"""
+)
+
+# KEYS: device, replay marker, pending
+# ARGV: now, keep, channel, session-key prefix, replay_ttl, issuer, final, fields...
+ENROLL = (
+    _PRELUDE
+    + r"""
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'replayed' end
+local old = redis.call('HMGET', KEYS[1], 'status', 'iss')
+local status = 'enrolled'
+if old[1] then
+  if old[1] == 'revoked' then return 'revoked' end
+  if old[2] ~= ARGV[6] then return 'conflict' end
+  status = 'replaced'
+end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[5])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+if status == 'replaced' then
+  reject_pending(KEYS[3], ARGV[4], tonumber(ARGV[1]), ARGV[7], tonumber(ARGV[2]), ARGV[3])
+end
+return status
+"""
+)
+
+# KEYS: pending    ARGV: now, session-key prefix
+PENDING = r"""
+local sids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+local out = {}
+for _, sid in ipairs(sids) do
+  local h = redis.call('HGETALL', ARGV[2] .. sid)
+  if #h > 0 then out[#out + 1] = h end
+end
+return out
+"""
+
+# KEYS: session    ARGV: sid, channel
+CLAIM = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local seq = redis.call('HINCRBY', KEYS[1], 'sock', 1)
+redis.call('PUBLISH', ARGV[2], cjson.encode({sid = ARGV[1], claim = seq}))
+return seq
+"""
+
+# KEYS: window zset    ARGV: now, window, limit, member
+HIT = r"""
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tostring(now - window))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return tostring(tonumber(first[2]) + window - now)
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('EXPIRE', KEYS[1], math.ceil(window))
+return '0'
+"""
+
+# KEYS: device    ARGV: endpoint
+MARK_DEAD = r"""
+local push = redis.call('HGET', KEYS[1], 'push')
+if not push or push == '' then return 0 end
+if cjson.decode(push)['endpoint'] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'dead', '1')
+return 1
+"""

@@ -1,0 +1,289 @@
+"""The embedded store: everything in this process's memory.
+
+It implements the same contract as :class:`~idtoken.store.redis.RedisStore` and passes the same
+test suite, but it is single-process by nature: a second operator process would have its own,
+disjoint sessions. It is the default when no ``redis_url`` is configured, for development and
+small single-instance deployments, and it says so loudly at start-up.
+
+Atomicity comes from asyncio: no method awaits between reading and writing state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from idtoken.clock import Clock
+from idtoken.store.base import (
+    MAX_SESSION_FAILURES,
+    RESULT_KEEP,
+    CreateResult,
+    CreateStatus,
+    DeviceRecord,
+    EnrollStatus,
+    Event,
+    EventCallback,
+    InitiateLimits,
+    Outcome,
+    SessionRecord,
+    Transition,
+    final_message,
+)
+from idtoken.store.events import LocalListeners
+
+log = logging.getLogger("idtoken.store")
+
+
+class MemoryStore:
+    """Single-process store. See the module docstring."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._devices: dict[str, DeviceRecord] = {}
+        self._sessions: dict[str, SessionRecord] = {}
+        self._by_token: dict[str, set[str]] = {}
+        self._last_gc = 0.0
+        self._session_until: dict[str, float] = {}
+        self._sockets: dict[str, int] = {}
+        self._markers: dict[str, float] = {}
+        self._hits: dict[str, list[float]] = {}
+        self._pushes: dict[str, list[float]] = {}
+        self._listeners = LocalListeners()
+        self._started = False
+
+    async def start(self) -> None:
+        if not self._started:
+            self._started = True
+            log.warning(
+                "using the embedded in-memory store: single process only, sessions and enrolled "
+                "devices are lost on restart; set redis_url for production or several instances"
+            )
+
+    async def aclose(self) -> None:
+        self._started = False
+
+    async def ping(self) -> None:
+        return None
+
+    # ---- devices -------------------------------------------------------------------------
+    async def get_device(self, token_id: str) -> DeviceRecord | None:
+        return self._devices.get(token_id)
+
+    async def enroll(
+        self, device: DeviceRecord, *, replay_id: str, replay_ttl: int
+    ) -> EnrollStatus:
+        now = self._clock.now()
+        self._gc(now)
+        marker = f"jti:{device.token_id}:{replay_id}"
+        if self._markers.get(marker, 0.0) > now:
+            return EnrollStatus.REPLAYED
+        old = self._devices.get(device.token_id)
+        if old is not None:
+            if old.status == "revoked":
+                return EnrollStatus.REVOKED
+            if old.issuer != device.issuer:
+                return EnrollStatus.CONFLICT
+        self._markers[marker] = now + replay_ttl
+        self._devices[device.token_id] = device
+        if old is None:
+            return EnrollStatus.ENROLLED
+        for session in self._token_pending(device.token_id, now):
+            self._finish(session, "rejected", final_message("rejected", "User rejected"), now)
+        return EnrollStatus.REPLACED
+
+    async def mark_push_dead(self, token_id: str, endpoint: str) -> None:
+        device = self._devices.get(token_id)
+        sub = device.push_subscription if device else None
+        if device is not None and sub is not None and sub.get("endpoint") == endpoint:
+            self._devices[token_id] = replace(device, push_dead=True)
+
+    # ---- sessions ------------------------------------------------------------------------
+    async def create_session(
+        self, session: SessionRecord, *, limits: InitiateLimits, now: float
+    ) -> CreateResult:
+        self._gc(now)
+        device = self._devices.get(session.token_id)
+        if device is None:
+            return CreateResult(CreateStatus.UNKNOWN_TOKEN)
+        if device.status == "revoked":
+            return CreateResult(CreateStatus.REVOKED)
+        if device.paused_until > now:
+            return CreateResult(CreateStatus.PAUSED, retry_after=_ceil(device.paused_until - now))
+        if device.failed_verifications >= limits.max_failed_verifications:
+            return CreateResult(CreateStatus.LOCKED, retry_after=3600)
+        pending = sorted(s.expires_at for s in self._token_pending(session.token_id, now))
+        if len(pending) >= limits.max_pending:
+            return CreateResult(CreateStatus.TOO_MANY_PENDING, retry_after=_ceil(pending[0] - now))
+        pushes = [t for t in self._pushes.get(session.token_id, []) if t > now - limits.push_window]
+        if len(pushes) >= limits.pushes_per_window:
+            return CreateResult(
+                CreateStatus.PUSH_RATE, retry_after=_ceil(pushes[0] + limits.push_window - now)
+            )
+        pushes.append(now)
+        self._pushes[session.token_id] = pushes
+        self._sessions[session.session_id] = session
+        self._session_until[session.session_id] = session.expires_at + RESULT_KEEP
+        self._by_token.setdefault(session.token_id, set()).add(session.session_id)
+        subscription = None if device.push_dead else device.push_subscription
+        return CreateResult(CreateStatus.CREATED, push_subscription=subscription)
+
+    async def get_session(self, token_id: str, session_id: str) -> SessionRecord | None:
+        session = await self.find_session(session_id)
+        return session if session is not None and session.token_id == token_id else None
+
+    async def find_session(self, session_id: str) -> SessionRecord | None:
+        if self._session_until.get(session_id, 0.0) <= self._clock.now():
+            return None
+        return self._sessions.get(session_id)
+
+    async def approve(
+        self,
+        token_id: str,
+        session_id: str,
+        *,
+        key_thumbprint: str,
+        credential_jti: str,
+        final: str,
+        now: float,
+    ) -> Transition:
+        session, early = self._pending(token_id, session_id, now)
+        if session is None:
+            return early
+        device = self._devices.get(token_id)
+        if device is None or device.status == "revoked":
+            return Transition(Outcome.REVOKED, session.failures)
+        if device.key_thumbprint != key_thumbprint or device.credential_jti != credential_jti:
+            return Transition(Outcome.STALE_DEVICE, session.failures)
+        self._finish(session, "approved", final, now)
+        self._devices[token_id] = replace(device, failed_verifications=0)
+        self._pushes.pop(token_id, None)
+        return Transition(Outcome.APPROVED, session.failures)
+
+    async def fail(
+        self, token_id: str, session_id: str, *, end_reason: str | None, now: float
+    ) -> Transition:
+        session, early = self._pending(token_id, session_id, now)
+        if session is None:
+            return early
+        failures = session.failures + 1
+        device = self._devices.get(token_id)
+        if device is not None:
+            self._devices[token_id] = replace(
+                device, failed_verifications=device.failed_verifications + 1
+            )
+        session = replace(session, failures=failures)
+        self._sessions[session_id] = session
+        if failures >= MAX_SESSION_FAILURES:
+            end_reason = "Too many attempts"
+        if end_reason is None:
+            return Transition(Outcome.COUNTED, failures)
+        self._finish(session, "rejected", final_message("rejected", end_reason), now)
+        return Transition(Outcome.REJECTED, failures)
+
+    async def reject(
+        self, token_id: str, session_id: str, *, reason: str, pause: int, now: float
+    ) -> Transition:
+        session, early = self._pending(token_id, session_id, now)
+        if session is None:
+            return early
+        message = final_message("rejected", reason)
+        self._finish(session, "rejected", message, now)
+        if pause > 0:
+            for other in self._token_pending(token_id, now):
+                self._finish(other, "rejected", message, now)
+            device = self._devices.get(token_id)
+            if device is not None:
+                self._devices[token_id] = replace(device, paused_until=now + pause)
+        return Transition(Outcome.REJECTED, session.failures)
+
+    async def expire(self, token_id: str, session_id: str, *, now: float) -> SessionRecord | None:
+        session = await self.get_session(token_id, session_id)
+        if session is not None and session.state == "pending" and now >= session.expires_at:
+            session = self._finish(session, "expired", final_message("expired"), now)
+        return session
+
+    async def pending_sessions(self, token_id: str, *, now: float) -> list[SessionRecord]:
+        return sorted(self._token_pending(token_id, now), key=lambda s: s.created_at)
+
+    async def claim_socket(self, token_id: str, session_id: str) -> int:
+        seq = self._sockets.get(session_id, 0) + 1
+        self._sockets[session_id] = seq
+        self._listeners.dispatch(Event(session_id, claim=seq))
+        return seq
+
+    def listen(self, session_id: str, callback: EventCallback) -> Callable[[], None]:
+        return self._listeners.add(session_id, callback)
+
+    async def hit(self, key: str, *, limit: int, window: int, now: float) -> int:
+        times = [t for t in self._hits.get(key, []) if t > now - window]
+        if len(times) >= limit:
+            self._hits[key] = times
+            return _ceil(times[0] + window - now)
+        times.append(now)
+        self._hits[key] = times
+        return 0
+
+    # ---- internals -----------------------------------------------------------------------
+    def _pending(
+        self, token_id: str, session_id: str, now: float
+    ) -> tuple[SessionRecord | None, Transition]:
+        """The session if it is pending and unexpired; otherwise the outcome to report."""
+        session = self._sessions.get(session_id)
+        if (
+            session is None
+            or session.token_id != token_id
+            or self._session_until.get(session_id, 0.0) <= now
+        ):
+            return None, Transition(Outcome.UNKNOWN)
+        if session.state == "pending" and now >= session.expires_at:
+            self._finish(session, "expired", final_message("expired"), now)
+            return None, Transition(Outcome.EXPIRED, session.failures)
+        if session.state == "pending":
+            return session, Transition(Outcome.COUNTED, session.failures)
+        return None, _settled(session)
+
+    def _finish(self, session: SessionRecord, state: str, final: str, now: float) -> SessionRecord:
+        done = replace(session, state=state, result=final)  # type: ignore[arg-type]
+        self._sessions[session.session_id] = done
+        self._session_until[session.session_id] = max(session.expires_at, now) + RESULT_KEEP
+        self._listeners.dispatch(Event(session.session_id, final=final))
+        return done
+
+    def _token_pending(self, token_id: str, now: float) -> list[SessionRecord]:
+        found = []
+        for sid in self._by_token.get(token_id, ()):
+            s = self._sessions.get(sid)
+            if s is not None and s.state == "pending" and s.expires_at > now:
+                found.append(s)
+        return found
+
+    def _gc(self, now: float) -> None:
+        # A sweep over everything is O(n); once a second keeps it off the per-request path.
+        if now - self._last_gc < 1.0:
+            return
+        self._last_gc = now
+        for sid in [sid for sid, until in self._session_until.items() if until <= now]:
+            self._session_until.pop(sid, None)
+            session = self._sessions.pop(sid, None)
+            self._sockets.pop(sid, None)
+            if session is not None:
+                siblings = self._by_token.get(session.token_id)
+                if siblings is not None:
+                    siblings.discard(sid)
+                    if not siblings:
+                        del self._by_token[session.token_id]
+        for key in [k for k, until in self._markers.items() if until <= now]:
+            del self._markers[key]
+
+
+def _settled(session: SessionRecord) -> Transition:
+    if session.state == "expired":
+        return Transition(Outcome.EXPIRED, session.failures)
+    if session.state == "rejected" and session.failures >= MAX_SESSION_FAILURES:
+        return Transition(Outcome.TOO_MANY, session.failures)
+    return Transition(Outcome.NOT_PENDING, session.failures)
+
+
+def _ceil(seconds: float) -> int:
+    return max(1, int(seconds) + (0 if seconds == int(seconds) else 1))

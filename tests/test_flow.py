@@ -1,0 +1,167 @@
+"""The IDToken login flow end to end on a real uvicorn server and a real Redis."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import websockets
+from joserfc import jwt
+from joserfc.jwk import KeySet
+
+from conftest import Operator
+from idtoken.client import ResultError
+
+
+async def test_enroll_initiate_approve_delivers_verified_jwt_with_granted_claims(
+    operator: Operator,
+) -> None:
+    device = await operator.enrolled(
+        "user-1", given_name="Marie", family_name="Dupont", birthdate="1990-05-01"
+    )
+    rp = operator.rp()
+    started = await rp.initiate("user-1", ["identity:name", "identity:age_over_18"], nonce="n-1")
+    assert len(started.auto_password) == 6 and started.auto_password.isdigit()
+
+    async with websockets.connect(rp.socket_url(started), compression=None) as sock:
+        ready = json.loads(await sock.recv())
+        assert ready == {
+            "type": "otp_ready",
+            "sessionId": started.session_id,
+            "autoPassword": started.auto_password,
+            "expiresAt": started.expires_at,
+        }
+        resp = await device.approve(
+            started.session_id, started.auto_password, ["identity:age_over_18"]
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"status": "approved"}
+        approved = json.loads(await sock.recv())
+        assert set(approved) == {"type", "jwt", "hash", "random", "expiresAt"}
+        assert approved["type"] == "approved"
+        assert approved["random"] == started.random
+        assert rp.hash_ok(started, approved)
+        await sock.wait_closed()
+        assert sock.close_code == 1000
+
+    # Verify with the JWKS fetched over HTTP, independently of our code.
+    jwks = (await operator.http.get("/.well-known/jwks.json")).json()
+    token = jwt.decode(approved["jwt"], KeySet.import_key_set(jwks), algorithms=["ES256"])
+    assert token.header["typ"] == "JWT" and token.header["alg"] == "ES256"
+    claims = token.claims
+    assert claims["iss"] == operator.settings.issuer
+    assert claims["sub"] == "user-1"
+    assert claims["aud"] == "shop-audience"
+    assert claims["sid"] == started.session_id
+    assert claims["nonce"] == "n-1"
+    assert claims["scope"] == "identity:age_over_18"
+    assert claims["exp"] - claims["iat"] == 3600
+    assert claims["idtoken"] == {"tokenId": "user-1", "age_over_18": True}
+    assert set(claims) == {
+        "iss",
+        "sub",
+        "aud",
+        "iat",
+        "exp",
+        "jti",
+        "sid",
+        "scope",
+        "nonce",
+        "idtoken",
+    }
+    verified = await rp.verify_jwt(approved["jwt"], session_id=started.session_id, nonce="n-1")
+    assert verified["idtoken"] == claims["idtoken"]
+
+
+async def test_late_socket_gets_the_decision_and_second_socket_replaces_first(
+    operator: Operator,
+) -> None:
+    device = await operator.enrolled("user-2")
+    rp = operator.rp()
+    started = await rp.initiate("user-2")
+    first = await websockets.connect(rp.socket_url(started), compression=None)
+    assert json.loads(await first.recv())["type"] == "otp_ready"
+    second = await websockets.connect(rp.socket_url(started), compression=None)
+    assert json.loads(await second.recv())["type"] == "otp_ready"
+    with pytest.raises(websockets.ConnectionClosed):
+        await first.recv()
+    assert first.close_code == 4009
+    await second.close()
+
+    resp = await device.approve(started.session_id, started.auto_password, ["identity:name"])
+    assert resp.status_code == 200
+    # A socket that connects after the decision receives it at once.
+    message = await rp.wait_result(started, timeout=5)
+    assert message["type"] == "approved"
+    claims = await rp.verify_jwt(message["jwt"], session_id=started.session_id)
+    assert claims["idtoken"] == {"tokenId": "user-2"}  # no name claims were asserted
+
+
+async def test_rejection_reaches_the_browser(operator: Operator) -> None:
+    device = await operator.enrolled("user-3")
+    rp = operator.rp()
+    started = await rp.initiate("user-3")
+    resp = await device.reject(started.session_id)
+    assert resp.status_code == 200 and resp.json() == {"status": "rejected"}
+    with pytest.raises(ResultError) as info:
+        await rp.wait_result(started, timeout=5)
+    assert info.value.kind == "rejected" and info.value.detail == "User rejected"
+
+
+async def test_pending_lists_the_session_for_the_app(operator: Operator) -> None:
+    device = await operator.enrolled("user-4")
+    started = await operator.rp().initiate("user-4", ["identity:name"])
+    sessions = await device.pending()
+    assert sessions == [
+        {
+            "sessionId": started.session_id,
+            "serviceId": "shop",
+            "serviceName": "Example Shop",
+            "scopes": ["identity:name"],
+            "expiresAt": started.expires_at,
+            "autoPassword": started.auto_password,
+        }
+    ]
+
+
+async def test_jwks_and_discovery(operator: Operator) -> None:
+    resp = await operator.http.get("/.well-known/jwks.json")
+    assert resp.headers["cache-control"] == "public, max-age=3600"
+    etag = resp.headers["etag"]
+    (key,) = resp.json()["keys"]
+    assert set(key) == {"kty", "crv", "x", "y", "kid", "use", "alg"}
+    assert (key["kty"], key["crv"], key["use"], key["alg"]) == ("EC", "P-256", "sig", "ES256")
+    again = await operator.http.get("/.well-known/jwks.json", headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    disco = (await operator.http.get("/.well-known/openid-configuration")).json()
+    assert disco["issuer"] == operator.settings.issuer
+    assert disco["jwks_uri"] == operator.settings.issuer + "/.well-known/jwks.json"
+    assert disco["id_token_signing_alg_values_supported"] == ["ES256"]
+    assert "identity:age_over_18" in disco["scopes_supported"]
+    assert "age_over_18" in disco["claims_supported"]
+
+
+async def test_unknown_route_gets_a_contract_error(operator: Operator) -> None:
+    resp = await operator.http.get("/nope")
+    assert resp.status_code == 404
+    assert resp.json() == {"error": "not_found", "error_description": "no such endpoint"}
+    resp = await operator.http.get("/auth/initiate")
+    assert resp.status_code == 405 and resp.json()["error"] == "method_not_allowed"
+
+
+async def test_public_service_accepts_the_seed_call_without_authorization(
+    operator: Operator,
+) -> None:
+    await operator.enrolled("user-5")
+    resp = await operator.http.post(
+        "/auth/initiate",
+        json={
+            "tokenId": "user-5",
+            "serviceId": "shop",
+            "scopes": ["identity:name", "identity:age_over_18"],
+        },
+    )
+    assert resp.status_code == 201
+    assert set(resp.json()) == {"sessionId", "autoPassword", "wsToken", "expiresAt", "random"}
+    assert isinstance(httpx.Response, type)
