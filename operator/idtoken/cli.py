@@ -62,7 +62,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     sec.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
     sec.set_defaults(handler=_services_secret)
+    demo = sub.add_parser("demo", help="demo helpers")
+    demo_sub = demo.add_subparsers(required=True, metavar="ACTION")
+    init = demo_sub.add_parser("init", help="write a demo configuration into a directory")
+    init.add_argument("--dir", default="var", help="directory (default var)")
+    init.add_argument("--issuer", default="http://127.0.0.1:8000", help="the operator's URL")
+    init.set_defaults(handler=_demo_init)
     return parser
+
+
+def _demo_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from idtoken.demo.config import write_demo_config
+
+    print(write_demo_config(Path(args.dir), args.issuer))
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -20,10 +20,10 @@ from urllib.parse import quote
 
 import httpx
 import websockets
-from websockets.typing import Origin
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet
+from websockets.typing import Origin
 
 
 class ResultError(Exception):

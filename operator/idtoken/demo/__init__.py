@@ -1,0 +1,1 @@
+"""The demo: a generated configuration (and, when enabled, demo pages)."""
