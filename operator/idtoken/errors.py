@@ -91,6 +91,12 @@ class TemporarilyUnavailable(_RetryAfter):
     code, status = "temporarily_unavailable", 503
 
 
+class TokenRevokedAtEnrollment(TokenRevoked):
+    """The contract answers a revoked token with 403 on initiate but 409 on enroll."""
+
+    status = 409
+
+
 class InvalidEnrollmentToken(OperatorError):
     code, status = "invalid_enrollment_token", 401
 

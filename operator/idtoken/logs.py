@@ -13,7 +13,12 @@ import sys
 import time
 from typing import Any
 
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 _NEVER = {"otp", "autopassword", "wstoken", "jwt", "credential", "secret", "token", "signature"}
 
 

@@ -16,8 +16,8 @@ from starlette.requests import Request
 
 from idtoken.errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
 from idtoken.ids import ID_PATTERN, OTP_PATTERN
-from idtoken.jose import StrictJsonError, loads_strict_json
 from idtoken.scopes import SCOPE_PATTERN
+from idtoken.strictjson import StrictJsonError, loads_strict_json
 
 MAX_BODY = 64 * 1024
 _B64URL = re.compile(r"\A[A-Za-z0-9_-]+\Z")

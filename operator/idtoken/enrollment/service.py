@@ -26,7 +26,7 @@ from idtoken.errors import (
     InvalidSignature,
     TokenConflict,
     TokenReplayed,
-    TokenRevoked,
+    TokenRevokedAtEnrollment,
     TooManyRequests,
 )
 from idtoken.keys.device import (
@@ -146,7 +146,7 @@ class EnrollmentService:
         if status is EnrollStatus.CONFLICT:
             raise TokenConflict("this token is enrolled through another issuer")
         if status is EnrollStatus.REVOKED:
-            raise TokenRevoked("this token has been revoked")
+            raise TokenRevokedAtEnrollment("this token has been revoked")
         log.info(
             "device enrolled",
             extra={"issuer": assertion.issuer, "replaced": status is EnrollStatus.REPLACED},
