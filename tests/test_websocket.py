@@ -374,19 +374,32 @@ async def test_frame_within_4kib_is_ignored_and_socket_stays_open(
 
 
 # ----------------------------------------------------------------------------- expiry
-async def test_expiry_by_the_sockets_own_timer(make_operator: OperatorFactory, redis_url: str) -> None:
+async def test_expiry_by_the_sockets_own_timer(
+    make_operator: OperatorFactory, redis_url: str
+) -> None:
     clock = ManualClock(time.time())
     async with make_operator(clock=clock) as op:
         device, rp, started = await login_parts(op, "user-1")
         clock.advance(61)  # default session_ttl is 60 s
         frames, code = await drain(rp.socket_url(started))
-        # The session is over: the socket says so (and does not offer the code any more).
-        assert frames == [{"type": "expired"}]
+        assert frames[-1] == {"type": "expired"}
         assert code == 1000
         resp = await device.approve(started.session_id, started.auto_password, ["identity:name"])
         assert resp.status_code == 410, resp.text
         assert resp.json()["error"] == "session_expired"
-        # A later socket gets the same terminal message.
+        # A later socket gets the same terminal message at once.
+        assert await drain(rp.socket_url(started)) == ([{"type": "expired"}], 1000)
+
+
+async def test_socket_opened_after_expiry_gets_only_expired(
+    make_operator: OperatorFactory, redis_url: str
+) -> None:
+    """otp_ready is sent "while the session is pending"; past expiresAt it is not, so the first
+    connect must not offer the (dead) code before saying ``expired``."""
+    clock = ManualClock(time.time())
+    async with make_operator(clock=clock) as op:
+        _, rp, started = await login_parts(op, "user-1")
+        clock.advance(61)
         assert await drain(rp.socket_url(started)) == ([{"type": "expired"}], 1000)
 
 

@@ -90,6 +90,7 @@ def create_app(
         Route("/auth/verify", mobile.verify, methods=["POST"]),
         Route("/auth/reject", mobile.reject, methods=["POST"]),
         Route("/auth/pending", mobile.pending, methods=["POST"]),
+        Route("/device/subscription", mobile.device_subscription, methods=["POST"]),
         Route("/.well-known/jwks.json", wellknown.jwks, methods=["GET", "HEAD"]),
         Route(
             "/.well-known/openid-configuration",

@@ -44,6 +44,7 @@ from idtoken.scopes import KNOWN_SCOPES, claims_for, scope_string
 from idtoken.settings import ServiceSettings, Settings
 from idtoken.store.base import (
     CreateStatus,
+    DeviceRecord,
     InitiateLimits,
     Outcome,
     SessionRecord,
@@ -100,6 +101,11 @@ def reject_message(session_id: str, timestamp: int) -> str:
 
 def pending_message(token_id: str, timestamp: int) -> str:
     return f"{token_id}|pending|{timestamp}"
+
+
+def subscription_message(token_id: str, endpoint: str, timestamp: int) -> str:
+    digest = hashlib.sha256(endpoint.encode("utf-8")).hexdigest()
+    return f"{token_id}|subscription|{timestamp}|{digest}"
 
 
 def push_topic(token_id: str) -> str:
@@ -333,9 +339,13 @@ class LoginService:
         else:
             log.info("session rejected by user", extra={"session_id": session.session_id})
 
-    async def pending(self, token_id: str, timestamp: int, signature: str) -> list[dict[str, Any]]:
+    async def pending(
+        self, token_id: str, timestamp: int, signature: str
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The token's pending sessions as the app shows them, and the state of its push
+        subscription ("active", "dead" after a 404/410 from the push service, or "none")."""
         now = self._clock.now()
-        await self._check_device_signature(
+        device = await self._check_device_signature(
             token_id, pending_message(token_id, timestamp), timestamp, signature, now
         )
         sessions = await self._store.pending_sessions(token_id, now=now)
@@ -346,7 +356,22 @@ class LoginService:
                 view = self.app_view(session, service)
                 del view["type"]
                 out.append(view)
-        return out
+        if device.push_subscription is None:
+            push = "none"
+        else:
+            push = "dead" if device.push_dead else "active"
+        return out, push
+
+    async def replace_subscription(
+        self, token_id: str, subscription: PushSubscription, timestamp: int, signature: str
+    ) -> None:
+        """The app's new Web Push subscription, signed by the device key."""
+        now = self._clock.now()
+        message = subscription_message(token_id, subscription.endpoint, timestamp)
+        await self._check_device_signature(token_id, message, timestamp, signature, now)
+        if not await self._store.set_push_subscription(token_id, subscription.to_json()):
+            raise InvalidSignature("the signature does not verify")
+        log.info("push subscription replaced", extra={"push_origin": subscription.origin})
 
     # ------------------------------------------------------------------ internals
     async def _session_for(self, token_id: str, session_id: str, now: float) -> SessionRecord:
@@ -384,7 +409,7 @@ class LoginService:
 
     async def _check_device_signature(
         self, token_id: str, message: str, timestamp: int, signature: str, now: float
-    ) -> None:
+    ) -> DeviceRecord:
         """Requests without a credential (reject, pending) are signed by the stored device key.
         An unknown token and a bad signature get the same answer."""
         if abs(now * 1000 - timestamp) > self._settings.limits.timestamp_skew * 1000:
@@ -399,6 +424,7 @@ class LoginService:
         except DeviceKeyError as exc:
             security.warning("device signature refused", extra={"reason": exc.reason})
             raise InvalidSignature("the signature does not verify") from exc
+        return device
 
     def _issue(
         self,

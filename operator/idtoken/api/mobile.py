@@ -99,5 +99,20 @@ async def reject(request: Request) -> Response:
 async def pending(request: Request) -> Response:
     rt = runtime(request)
     f = Fields(await read_json(request), required=("tokenId", "timestamp", "signature"))
-    sessions = await rt.login.pending(f.ident("tokenId"), f.timestamp(), f.signature())
-    return json_response({"sessions": sessions})
+    sessions, push = await rt.login.pending(f.ident("tokenId"), f.timestamp(), f.signature())
+    return json_response({"sessions": sessions, "push": push})
+
+
+async def device_subscription(request: Request) -> Response:
+    rt = runtime(request)
+    f = Fields(
+        await read_json(request),
+        required=("tokenId", "subscription", "timestamp", "signature"),
+    )
+    token_id = f.ident("tokenId")
+    try:
+        subscription = PushSubscription.parse(f.body["subscription"])
+    except ValueError as exc:
+        raise InvalidRequest(f"subscription: {exc}") from exc
+    await rt.login.replace_subscription(token_id, subscription, f.timestamp(), f.signature())
+    return json_response({"status": "updated"})

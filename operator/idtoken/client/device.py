@@ -141,10 +141,33 @@ class Device:
         return self.enrollment
 
     async def pending(self) -> list[dict[str, Any]]:
+        """The pending sessions (the app's fallback when a push is lost)."""
+        return list((await self.pending_response())["sessions"])
+
+    async def pending_response(self) -> dict[str, Any]:
+        """The whole /auth/pending answer, including ``push`` ("active", "dead", "none")."""
         resp = await self.http.post("/auth/pending", json=self.pending_body())
         _raise_for_status(resp)
-        sessions: list[dict[str, Any]] = resp.json()["sessions"]
-        return sessions
+        body: dict[str, Any] = resp.json()
+        return body
+
+    def subscription_body(self, subscription: dict[str, Any]) -> dict[str, Any]:
+        ts = now_ms()
+        token_id = self._enrolled().token_id
+        digest = hashlib.sha256(str(subscription["endpoint"]).encode("utf-8")).hexdigest()
+        return {
+            "tokenId": token_id,
+            "subscription": subscription,
+            "timestamp": ts,
+            "signature": self.sign(f"{token_id}|subscription|{ts}|{digest}"),
+        }
+
+    async def replace_subscription(self, subscription: dict[str, Any]) -> None:
+        """Give the operator a new Web Push subscription."""
+        resp = await self.http.post(
+            "/device/subscription", json=self.subscription_body(subscription)
+        )
+        _raise_for_status(resp)
 
     async def approve(self, session_id: str, otp: str, granted_scopes: list[str]) -> httpx.Response:
         """Send the approval; returns the response (callers check the status)."""

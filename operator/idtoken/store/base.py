@@ -272,6 +272,13 @@ class Store(Protocol):
     async def mark_push_dead(self, token_id: str, endpoint: str) -> None:
         """Flag the token's push subscription dead if it still has this endpoint."""
 
+    async def set_push_subscription(
+        self, token_id: str, subscription: Mapping[str, Any] | None
+    ) -> bool:
+        """Replace the token's push subscription (clearing the dead flag); False if the token
+        has no device."""
+        ...
+
     # ---- sessions ------------------------------------------------------------------------
     async def create_session(
         self, session: SessionRecord, *, limits: InitiateLimits, now: float

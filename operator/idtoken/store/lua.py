@@ -206,3 +206,10 @@ if cjson.decode(push)['endpoint'] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'dead', '1')
 return 1
 """
+
+# KEYS: device    ARGV: subscription JSON ('' = none)
+SET_PUSH = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'push', ARGV[1], 'dead', '0')
+return 1
+"""

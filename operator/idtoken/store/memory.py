@@ -11,8 +11,9 @@ Atomicity comes from asyncio: no method awaits between reading and writing state
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from idtoken.clock import Clock
 from idtoken.store.base import (
@@ -97,6 +98,15 @@ class MemoryStore:
         sub = device.push_subscription if device else None
         if device is not None and sub is not None and sub.get("endpoint") == endpoint:
             self._devices[token_id] = replace(device, push_dead=True)
+
+    async def set_push_subscription(
+        self, token_id: str, subscription: Mapping[str, Any] | None
+    ) -> bool:
+        device = self._devices.get(token_id)
+        if device is None:
+            return False
+        self._devices[token_id] = replace(device, push_subscription=subscription, push_dead=False)
+        return True
 
     # ---- sessions ------------------------------------------------------------------------
     async def create_session(

@@ -95,6 +95,7 @@ class RedisStore:
                 "CLAIM",
                 "HIT",
                 "MARK_DEAD",
+                "SET_PUSH",
             )
         }
         self._listeners = LocalListeners()
@@ -191,6 +192,13 @@ class RedisStore:
 
     async def mark_push_dead(self, token_id: str, endpoint: str) -> None:
         await self._run("MARK_DEAD", [device_key(token_id)], [endpoint])
+
+    async def set_push_subscription(
+        self, token_id: str, subscription: Mapping[str, Any] | None
+    ) -> bool:
+        value = "" if subscription is None else json.dumps(subscription, separators=(",", ":"))
+        done = await self._run("SET_PUSH", [device_key(token_id)], [value])
+        return bool(done)
 
     # ---- sessions ------------------------------------------------------------------------
     async def create_session(
