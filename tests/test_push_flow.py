@@ -7,10 +7,10 @@ import json
 import time
 
 import pytest
-from conftest import Operator, OperatorFactory
-from pushreceiver import Behaviour, PushReceiver, Respond, Stall, SubscriptionHandle
 
+from conftest import Operator, OperatorFactory
 from idtoken.client import Device, ResultError
+from pushreceiver import Behaviour, PushReceiver, Respond, Stall, SubscriptionHandle
 
 TYPED = {
     "id": "bank",
@@ -110,7 +110,7 @@ async def test_stalled_push_service_never_delays_initiate(
     make_operator: OperatorFactory, redis_url: str
 ) -> None:
     async with make_operator(services=[SHOP]) as op, PushReceiver() as receiver:
-        device, handle = await enroll_with_push(op, receiver, "user-p3", Stall(30))
+        device, _ = await enroll_with_push(op, receiver, "user-p3", Stall(30))
         t0 = time.monotonic()
         started = await op.rp().initiate("user-p3")
         assert time.monotonic() - t0 < 1.0
@@ -130,7 +130,7 @@ async def test_gone_subscription_is_marked_dead_and_the_app_can_replace_it(
     make_operator: OperatorFactory, redis_url: str
 ) -> None:
     async with make_operator(services=[SHOP]) as op, PushReceiver() as receiver:
-        device, handle = await enroll_with_push(op, receiver, "user-p4", 410)
+        device, _ = await enroll_with_push(op, receiver, "user-p4", 410)
         assert (await device.pending_response())["push"] == "active"
         await op.rp().initiate("user-p4")
         await receiver.wait_for_requests(1)

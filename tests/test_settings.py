@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import Issuer, OperatorConfig
 
 from idtoken.errors import ConfigError
 from idtoken.settings import LimitSettings, load_settings, parse_settings
+from support import Issuer, OperatorConfig
 
 CONTRACT_EXAMPLE = """
 issuer = "https://auth.example.com"
