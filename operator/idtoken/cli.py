@@ -62,6 +62,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     sec.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
     sec.set_defaults(handler=_services_secret)
+    tokens = command("tokens", "inspect and manage enrolled tokens (needs redis_url)")
+    tokens_sub = tokens.add_subparsers(required=True, metavar="ACTION")
+    for name, help_text in (
+        ("show", "show what the operator stores about a token (no identity claims)"),
+        ("revoke", "revoke a token: logins refused, pending sessions ended"),
+        ("unlock", "clear a token's failed-verification lock and fraud-report pause"),
+    ):
+        p = tokens_sub.add_parser(name, help=help_text)
+        p.add_argument("token_id", metavar="TOKEN")
+        p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+        p.set_defaults(handler=_tokens, action=name)
+    p = tokens_sub.add_parser("list", help="list enrolled tokens")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    p.set_defaults(handler=_tokens, action="list", token_id=None)
+
     demo = sub.add_parser("demo", help="demo helpers")
     demo_sub = demo.add_subparsers(required=True, metavar="ACTION")
     init = demo_sub.add_parser("init", help="write a demo configuration into a directory")
@@ -69,6 +85,48 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--issuer", default="http://127.0.0.1:8000", help="the operator's URL")
     init.set_defaults(handler=_demo_init)
     return parser
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from idtoken.clock import SystemClock
+    from idtoken.store.base import token_summary
+    from idtoken.store.redis import RedisStore
+
+    settings = _settings(args)
+    if not settings.redis_url:
+        raise ConfigError(
+            "redis_url", "token commands need Redis: the embedded store lives inside the server"
+        )
+    clock = SystemClock()
+
+    async def run() -> int:
+        store = RedisStore(settings.redis_url or "", clock)
+        try:
+            if args.action == "list":
+                for device in await store.list_devices(limit=args.limit):
+                    print(json.dumps(token_summary(device)))
+                return 0
+            if args.action == "show":
+                found = await store.get_device(args.token_id)
+                if found is not None:
+                    print(json.dumps(token_summary(found), indent=2))
+                    return 0
+            elif args.action == "revoke":
+                if await store.revoke_token(args.token_id, now=clock.now()):
+                    print(f"revoked {args.token_id}")
+                    return 0
+            elif await store.unlock_token(args.token_id):
+                print(f"unlocked {args.token_id}")
+                return 0
+            print(f"no such token: {args.token_id}", file=sys.stderr)
+            return 1
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())
 
 
 def _demo_init(args: argparse.Namespace) -> int:

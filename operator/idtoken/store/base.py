@@ -348,6 +348,28 @@ class Store(Protocol):
         that stops listening."""
         ...
 
+    async def revoke_token(self, token_id: str, *, now: float) -> bool:
+        """Mark the token revoked (initiate 403, verify 401, enroll 409) and end its pending
+        sessions as rejected. False if the token has no device."""
+        ...
+
+    async def unlock_token(self, token_id: str) -> bool:
+        """Clear the token's failed-verification count and any fraud-report pause."""
+        ...
+
+    async def list_devices(self, *, limit: int = 1000) -> list[DeviceRecord]:
+        """Up to ``limit`` enrolled devices, in no particular order (operator tooling)."""
+        ...
+
+    # ---- shared cache (e.g. a KYC provider's JWKS, shared by all instances) ---------------
+    async def cache_get(self, name: str) -> str | None: ...
+
+    async def cache_put(self, name: str, value: str, *, ttl: int) -> None: ...
+
+    async def acquire(self, name: str, *, ttl: int) -> bool:
+        """True for exactly one caller per ``ttl`` seconds across all instances (a cooldown)."""
+        ...
+
     # ---- rate limits ---------------------------------------------------------------------
     async def hit(self, key: str, *, limit: int, window: int, now: float) -> int:
         """Count one event for ``key`` in a sliding ``window``; returns 0 if allowed or the

@@ -213,3 +213,21 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'push', ARGV[1], 'dead', '0')
 return 1
 """
+
+# KEYS: device, pending    ARGV: now, keep, channel, session-key prefix, final
+REVOKE = (
+    _PRELUDE
+    + r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'revoked')
+reject_pending(KEYS[2], ARGV[4], tonumber(ARGV[1]), ARGV[5], tonumber(ARGV[2]), ARGV[3])
+return 1
+"""
+)
+
+# KEYS: device
+UNLOCK = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'fails', '0', 'pause', '0')
+return 1
+"""

@@ -48,6 +48,7 @@ class MemoryStore:
         self._session_until: dict[str, float] = {}
         self._sockets: dict[str, int] = {}
         self._markers: dict[str, float] = {}
+        self._cache: dict[str, tuple[str, float]] = {}
         self._hits: dict[str, list[float]] = {}
         self._pushes: dict[str, list[float]] = {}
         self._listeners = LocalListeners()
@@ -106,6 +107,39 @@ class MemoryStore:
         if device is None:
             return False
         self._devices[token_id] = replace(device, push_subscription=subscription, push_dead=False)
+        return True
+
+    async def revoke_token(self, token_id: str, *, now: float) -> bool:
+        device = self._devices.get(token_id)
+        if device is None:
+            return False
+        self._devices[token_id] = replace(device, status="revoked")
+        for session in self._token_pending(token_id, now):
+            self._finish(session, "rejected", final_message("rejected", "User rejected"), now)
+        return True
+
+    async def unlock_token(self, token_id: str) -> bool:
+        device = self._devices.get(token_id)
+        if device is None:
+            return False
+        self._devices[token_id] = replace(device, failed_verifications=0, paused_until=0.0)
+        return True
+
+    async def list_devices(self, *, limit: int = 1000) -> list[DeviceRecord]:
+        return list(self._devices.values())[:limit]
+
+    async def cache_get(self, name: str) -> str | None:
+        value, until = self._cache.get(name, ("", 0.0))
+        return value if until > self._clock.now() else None
+
+    async def cache_put(self, name: str, value: str, *, ttl: int) -> None:
+        self._cache[name] = (value, self._clock.now() + ttl)
+
+    async def acquire(self, name: str, *, ttl: int) -> bool:
+        now = self._clock.now()
+        if self._markers.get(f"lock:{name}", 0.0) > now:
+            return False
+        self._markers[f"lock:{name}"] = now + ttl
         return True
 
     # ---- sessions ------------------------------------------------------------------------

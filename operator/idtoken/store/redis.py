@@ -96,6 +96,8 @@ class RedisStore:
                 "HIT",
                 "MARK_DEAD",
                 "SET_PUSH",
+                "REVOKE",
+                "UNLOCK",
             )
         }
         self._listeners = LocalListeners()
@@ -198,6 +200,47 @@ class RedisStore:
     ) -> bool:
         value = "" if subscription is None else json.dumps(subscription, separators=(",", ":"))
         done = await self._run("SET_PUSH", [device_key(token_id)], [value])
+        return bool(done)
+
+    async def revoke_token(self, token_id: str, *, now: float) -> bool:
+        tag = _tag(token_id)
+        done = await self._run(
+            "REVOKE",
+            [device_key(token_id), f"{tag}:pending"],
+            [
+                repr(now),
+                RESULT_KEEP,
+                CHANNEL,
+                f"{tag}:sess:",
+                final_message("rejected", "User rejected"),
+            ],
+        )
+        return bool(done)
+
+    async def unlock_token(self, token_id: str) -> bool:
+        return bool(await self._run("UNLOCK", [device_key(token_id)], []))
+
+    async def list_devices(self, *, limit: int = 1000) -> list[DeviceRecord]:
+        found: list[DeviceRecord] = []
+        async for key in self._r.scan_iter(match="idtoken:{t:*}:device", count=500):
+            device = await self.get_device(str(key)[len("idtoken:{t:") : -len("}:device")])
+            if device is not None:
+                found.append(device)
+            if len(found) >= limit:
+                break
+        return found
+
+    async def cache_get(self, name: str) -> str | None:
+        value: str | None = await self._call(self._r.get(f"idtoken:cache:{{{name}}}"))
+        return value
+
+    async def cache_put(self, name: str, value: str, *, ttl: int) -> None:
+        await self._call(self._r.set(f"idtoken:cache:{{{name}}}", value, ex=max(1, ttl)))
+
+    async def acquire(self, name: str, *, ttl: int) -> bool:
+        done = await self._call(
+            self._r.set(f"idtoken:lock:{{{name}}}", "1", ex=max(1, ttl), nx=True)
+        )
         return bool(done)
 
     # ---- sessions ------------------------------------------------------------------------
