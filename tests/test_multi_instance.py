@@ -93,9 +93,7 @@ async def nodes(cluster: Cluster) -> AsyncIterator[list[Node]]:
     async with contextlib.AsyncExitStack() as stack:
         out = []
         for proc in cluster.procs:
-            http = await stack.enter_async_context(
-                httpx.AsyncClient(base_url=proc.url, timeout=10)
-            )
+            http = await stack.enter_async_context(httpx.AsyncClient(base_url=proc.url, timeout=10))
             rp = RelyingParty(
                 http, service_id="shop", issuer=cluster.config.issuer_url, audience=AUDIENCE
             )
@@ -196,10 +194,7 @@ async def test_decision_on_another_instance_reaches_the_socket_and_jwks_agree(
             claims = await node.rp.verify_jwt(
                 approved["jwt"], session_id=started.session_id, nonce="n-multi"
             )
-            assert claims["idtoken"] == {
-                "tokenId": token_id,
-                "givenName": "Ada",
-            } or claims["idtoken"] == {"tokenId": token_id, "givenName": "Ada", "familyName": None}
+            assert claims["idtoken"] == {"tokenId": token_id, "givenName": "Ada"}
         header = jwt.decode(approved["jwt"], KeySet.import_key_set(jwks)).header
         assert header["kid"] in {k["kid"] for k in jwks["keys"]}
 
@@ -317,9 +312,6 @@ async def test_restarted_instance_keeps_the_keys_and_verifies_old_jwts(cluster: 
         assert kid == old_kid
 
 
-SIGTERM_CLOSE_CODES: list[int | None] = []
-
-
 async def test_sigterm_closes_live_sockets_and_a_reconnect_elsewhere_gets_the_decision(
     cluster: Cluster, record_property: Any
 ) -> None:
@@ -336,13 +328,14 @@ async def test_sigterm_closes_live_sockets_and_a_reconnect_elsewhere_gets_the_de
             code = await closed_code(sock, timeout=15)
         finally:
             await sock.close()
-        SIGTERM_CLOSE_CODES.append(code)
         record_property("sigterm_close_code", code)
         print(f"SIGTERM close code observed: {code}")
         assert code in (1001, 1012), code
         exit_code = await asyncio.to_thread(victim.process.wait, 15)
         record_property("sigterm_exit_code", exit_code)
-        assert exit_code == 0, victim.logs()[-3000:]
+        # uvicorn shuts down gracefully, then re-raises the captured signal: 0 or -SIGTERM.
+        assert exit_code in (0, -signal.SIGTERM), victim.logs()[-3000:]
+        assert "Application shutdown complete" in victim.logs()
 
         # The browser reconnects through the load balancer and lands on another instance.
         async with websockets.connect(b.rp.socket_url(started), compression=None) as again:

@@ -8,9 +8,9 @@ import time
 from collections.abc import AsyncIterator, Mapping
 
 from starlette.applications import Starlette
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from idtoken.api import mobile, rp, wellknown, ws
+from idtoken.api import health, mobile, rp, wellknown, ws
 from idtoken.api.responses import EXCEPTION_HANDLERS
 from idtoken.api.runtime import Runtime
 from idtoken.clock import Clock, SystemClock
@@ -18,6 +18,7 @@ from idtoken.enrollment.issuers import StaticIssuer, load_static_issuer
 from idtoken.enrollment.service import EnrollmentService
 from idtoken.keys import signing
 from idtoken.login import LoginService
+from idtoken.metrics import Metrics
 from idtoken.push.base import Notifier, PushResult, PushSubscription
 from idtoken.push.dispatch import PushDispatcher
 from idtoken.push.vapid import load_or_create_vapid_key, vapid_public_key_b64
@@ -61,8 +62,9 @@ def create_app(
     ) -> None:
         await login.push_finished(session_id, subscription, result)
 
+    metrics = Metrics()
     dispatcher = PushDispatcher(notifier, on_result=on_push_result)
-    login = LoginService(settings, store, keys, clock, dispatcher)
+    login = LoginService(settings, store, keys, clock, dispatcher, metrics)
     rt = Runtime(
         settings=settings,
         clock=clock,
@@ -72,6 +74,7 @@ def create_app(
         enrollment=EnrollmentService(settings, store, keys, issuers, clock),
         dispatcher=dispatcher,
         vapid_public_key=vapid_public_key_b64(vapid_key),
+        metrics=metrics,
     )
     rt.discovery_body = wellknown.discovery_document(settings, rt.vapid_public_key)
 
@@ -84,7 +87,7 @@ def create_app(
             await dispatcher.aclose()
             await rt.store.aclose()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/auth/initiate", rp.initiate, methods=["POST"]),
         Route("/enroll", mobile.enroll, methods=["POST"]),
         Route("/auth/verify", mobile.verify, methods=["POST"]),
@@ -98,7 +101,16 @@ def create_app(
             methods=["GET", "HEAD"],
         ),
         WebSocketRoute("/ws/session/{session_id}", ws.session_socket),
+        Route("/healthz", health.healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", health.readyz, methods=["GET", "HEAD"]),
+        Route("/metrics", health.metrics, methods=["GET"]),
     ]
+    if settings.demo.enabled:
+        # Development only: the demo pages and the demo issuer's token minting.
+        from idtoken.demo.routes import demo_routes
+
+        log.warning("demo pages enabled at /demo/: never enable [demo] in production")
+        routes += demo_routes()
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.runtime = rt
     return app

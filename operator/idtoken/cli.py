@@ -152,6 +152,8 @@ def _serve(args: argparse.Namespace) -> int:
     # Fail here, with a clear message, rather than inside a worker.
     _build(settings)
     os.environ[ENV_CONFIG] = str(path.resolve())
+    if args.workers > 1:
+        _prepare_multiprocess_metrics()
     logs.configure(args.log_level.upper())
     uvicorn.run(
         "idtoken.cli:app_from_environment",
@@ -174,6 +176,17 @@ def _serve(args: argparse.Namespace) -> int:
         backlog=2048,
     )
     return 0
+
+
+def _prepare_multiprocess_metrics() -> None:
+    """Workers share metric values through files in a fresh directory (prometheus-client's
+    multi-process mode); it must be set before the workers import prometheus_client."""
+    import tempfile
+
+    from idtoken.metrics import MULTIPROC_ENV
+
+    if not os.environ.get(MULTIPROC_ENV):
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="idtoken-metrics-")
 
 
 def app_from_environment() -> object:

@@ -38,11 +38,13 @@ from idtoken.errors import (
 from idtoken.jose import JoseError
 from idtoken.keys.device import DeviceKeyError, key_from_jwk, verify_device_signature
 from idtoken.keys.signing import SigningKeys
+from idtoken.metrics import Metrics
 from idtoken.push.base import PushOutcome, PushResult, PushSubscription
 from idtoken.push.dispatch import PushDispatcher
 from idtoken.scopes import KNOWN_SCOPES, claims_for, scope_string
 from idtoken.settings import ServiceSettings, Settings
 from idtoken.store.base import (
+    MAX_SESSION_FAILURES,
     CreateStatus,
     DeviceRecord,
     InitiateLimits,
@@ -122,7 +124,9 @@ class LoginService:
         keys: SigningKeys,
         clock: Clock,
         dispatcher: PushDispatcher | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._settings = settings
         self._store = store
         self._keys = keys
@@ -167,6 +171,7 @@ class LoginService:
         if result.status is not CreateStatus.CREATED:
             raise _refusal(result.status, result.retry_after)
         self._remember(session)
+        self._metrics.initiated.labels(service.id).inc()
         log.info(
             "session initiated",
             extra={"session_id": session.session_id, "service_id": service.id},
@@ -205,6 +210,9 @@ class LoginService:
         """A 404/410 from the push service marks the subscription dead; the app learns it on
         its next /auth/pending."""
         session = self._recent.get(session_id)
+        self._metrics.pushes.labels(result.outcome.value).inc()
+        if session is not None:
+            self._metrics.push_seconds.observe(self._clock.now() - session.created_at)
         if result.outcome is PushOutcome.DEAD and session is not None:
             await self._store.mark_push_dead(session.token_id, subscription.endpoint)
 
@@ -292,6 +300,8 @@ class LoginService:
             now=now,
         )
         if t.outcome is Outcome.APPROVED:
+            self._metrics.approved.labels(service.id).inc()
+            self._metrics.decision_seconds.labels(service.id).observe(now - session.created_at)
             log.info(
                 "session approved",
                 extra={"session_id": session.session_id, "service_id": service.id},
@@ -331,6 +341,7 @@ class LoginService:
         )
         if t.outcome is not Outcome.REJECTED:
             raise _state_error(t)
+        self._ended(session, REJECT_REASONS[req.reason], now)
         if not_me:
             security.warning(
                 "fraud report: user says the login was not theirs",
@@ -403,6 +414,9 @@ class LoginService:
         t = await self._store.fail(
             session.token_id, session.session_id, end_reason=end_reason, now=now
         )
+        if t.outcome is Outcome.REJECTED:
+            reason = "Too many attempts" if t.failures >= MAX_SESSION_FAILURES else end_reason
+            self._ended(session, reason or "Too many attempts", now)
         if t.outcome in (Outcome.COUNTED, Outcome.REJECTED):
             raise error
         raise _state_error(t)
@@ -453,6 +467,10 @@ class LoginService:
             granted, credential.claims, token_id=session.token_id, today=today
         )
         return self._keys.sign(claims, typ="JWT"), exp
+
+    def _ended(self, session: SessionRecord, reason: str, now: float) -> None:
+        self._metrics.rejected.labels(session.service_id, reason).inc()
+        self._metrics.decision_seconds.labels(session.service_id).observe(now - session.created_at)
 
     def _remember(self, session: SessionRecord) -> None:
         self._recent[session.session_id] = session

@@ -53,6 +53,7 @@ async def operator_error(request: Request, exc: Exception) -> Response:
 
 
 async def store_unavailable(request: Request, exc: Exception) -> Response:
+    request.app.state.runtime.metrics.store_errors.inc()
     log.error("store unavailable", extra={"path": request.url.path, "detail": str(exc)})
     return error_response(
         TemporarilyUnavailable("the service is temporarily unavailable", retry_after=2)

@@ -10,6 +10,7 @@ from idtoken.clock import Clock
 from idtoken.enrollment.service import EnrollmentService
 from idtoken.keys.signing import SigningKeys
 from idtoken.login import LoginService
+from idtoken.metrics import Metrics
 from idtoken.push.dispatch import PushDispatcher
 from idtoken.settings import Settings
 from idtoken.store.base import Store
@@ -25,6 +26,7 @@ class Runtime:
     enrollment: EnrollmentService
     dispatcher: PushDispatcher | None
     vapid_public_key: str
+    metrics: Metrics
     discovery_body: bytes = b""
 
 

@@ -63,7 +63,11 @@ async def session_socket(ws: WebSocket) -> None:
         await ws.close(CLOSE_BAD_TOKEN)
         return
     await ws.accept()
-    await SocketSession(rt, ws, session, token).run()
+    rt.metrics.open_sockets.inc()
+    try:
+        await SocketSession(rt, ws, session, token).run()
+    finally:
+        rt.metrics.open_sockets.dec()
 
 
 class SocketSession:
@@ -145,6 +149,8 @@ class SocketSession:
             if current is None:
                 await self._close(CLOSE_UNKNOWN)
                 return
+            if current.state == "expired":
+                self.rt.metrics.expired.labels(current.service_id).inc()
             if await self._deliver_if_final(current):
                 return
 

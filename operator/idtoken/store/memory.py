@@ -251,6 +251,8 @@ class MemoryStore:
         return sorted(self._token_pending(token_id, now), key=lambda s: s.created_at)
 
     async def claim_socket(self, token_id: str, session_id: str) -> int:
+        if await self.get_session(token_id, session_id) is None:
+            return 0
         seq = self._sockets.get(session_id, 0) + 1
         self._sockets[session_id] = seq
         self._listeners.dispatch(Event(session_id, claim=seq))

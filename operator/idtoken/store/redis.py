@@ -27,7 +27,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError
 
 from idtoken.clock import Clock
@@ -70,10 +70,10 @@ def session_key(token_id: str, session_id: str) -> str:
 class RedisStore:
     """The production store. See the module docstring for the key layout."""
 
-    def __init__(self, url: str, clock: Clock, *, client: aioredis.Redis | None = None) -> None:
+    def __init__(self, url: str, clock: Clock) -> None:
         self._url = url
         self._clock = clock
-        self._r: aioredis.Redis = client or aioredis.Redis.from_url(
+        self._r: aioredis.Redis = aioredis.Redis.from_url(
             url,
             decode_responses=True,
             socket_connect_timeout=1.0,
@@ -81,6 +81,16 @@ class RedisStore:
             health_check_interval=15,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
             max_connections=256,
+        )
+        # The event subscription has its own connection that never retries silently: a drop
+        # must reach _subscribe_forever, which resubscribes *and* makes every socket re-read
+        # its session (redis-py's own reconnect would resubscribe but lose what was missed).
+        self._events: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=1.0,
+            health_check_interval=15,
+            retry=Retry(NoBackoff(), 0),
         )
         self._scripts = {
             name: self._r.register_script(getattr(lua, name))
@@ -120,6 +130,7 @@ class RedisStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._r.aclose()
+        await self._events.aclose()
 
     async def ping(self) -> None:
         await self._call(self._r.ping())
@@ -131,7 +142,7 @@ class RedisStore:
     async def _subscribe_forever(self) -> None:
         delay = 0.05
         while True:
-            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._events.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CHANNEL)
                 self._subscribed.set()
