@@ -54,7 +54,8 @@ async def op(make_operator: OperatorFactory, redis_url: str) -> AsyncIterator[Op
 
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock()
+    # Whole seconds, so that a millisecond timestamp can sit exactly on the window's edge.
+    return ManualClock(float(int(time.time())))
 
 
 @pytest.fixture
@@ -372,24 +373,40 @@ async def test_a04_approval_after_the_lifetime(clocked: Operator, clock: ManualC
     device = await op.enrolled("a04-user")
     rp = op.rp()
     started = await rp.initiate("a04-user", NAME)
-    untouched = await rp.initiate("a04-user", NAME)
     clock.advance(61)
     body = device.verify_body(started.session_id, started.auto_password, NAME, timestamp=ms(clock))
     resp = await verify(op, body)
     assert resp.status_code == 410, resp.text
     assert resp.json()["error"] == "session_expired"
     # A socket connecting now gets the terminal message at once, then a normal close.
-    for session in (started, untouched):
-        sock = await websockets.connect(rp.socket_url(session), compression=None)
-        messages = await all_messages(sock)
-        assert messages == [{"type": "expired"}], messages
-        assert sock.close_code == 1000
+    sock = await websockets.connect(rp.socket_url(started), compression=None)
+    assert await all_messages(sock) == [{"type": "expired"}]
+    assert sock.close_code == 1000
     # And the approval stays refused.
     resp = await verify(
         op, device.verify_body(started.session_id, started.auto_password, NAME, timestamp=ms(clock))
     )
     assert resp.status_code == 410, resp.text
-    assert await device.pending() == []
+    assert not await is_listed_at(op, device, clock, started.session_id)
+
+
+async def test_a04_socket_after_the_lifetime_gets_only_expired(
+    clocked: Operator, clock: ManualClock
+) -> None:
+    """Contract §1: otp_ready is sent "while the session is pending"; once its lifetime has
+    passed the session is over (verify answers 410), even if nobody has touched it since."""
+    op = clocked
+    device = await op.enrolled("a04b-user")
+    rp = op.rp()
+    started = await rp.initiate("a04b-user", NAME)
+    clock.advance(61)
+    sock = await websockets.connect(rp.socket_url(started), compression=None)
+    messages = await all_messages(sock)
+    assert messages == [{"type": "expired"}], messages
+    assert sock.close_code == 1000
+    body = device.verify_body(started.session_id, started.auto_password, NAME, timestamp=ms(clock))
+    resp = await verify(op, body)
+    assert resp.status_code == 410, resp.text
 
 
 # =========================================================================== A06

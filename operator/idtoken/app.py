@@ -14,10 +14,12 @@ from idtoken.api import health, mobile, rp, wellknown, ws
 from idtoken.api.responses import EXCEPTION_HANDLERS
 from idtoken.api.runtime import Runtime
 from idtoken.clock import Clock, SystemClock
-from idtoken.enrollment.issuers import StaticIssuer, load_static_issuer
-from idtoken.enrollment.service import EnrollmentService
+from idtoken.enrollment.issuers import load_static_issuer
+from idtoken.enrollment.kyc import KycIssuer, load_kyc_issuer
+from idtoken.enrollment.service import EnrollmentIssuer, EnrollmentService
 from idtoken.keys import signing
 from idtoken.login import LoginService
+from idtoken.logs import install_redaction
 from idtoken.metrics import Metrics
 from idtoken.push.base import Notifier, PushResult, PushSubscription
 from idtoken.push.dispatch import PushDispatcher
@@ -30,14 +32,29 @@ from idtoken.store.factory import open_store
 log = logging.getLogger("idtoken")
 
 
-def load_issuers(settings: Settings, *, now: float | None = None) -> Mapping[str, StaticIssuer]:
-    """Load every configured issuer key; a bad one raises ConfigError naming it."""
+def load_issuers(
+    settings: Settings,
+    *,
+    now: float | None = None,
+    store: Store | None = None,
+    clock: Clock | None = None,
+) -> Mapping[str, EnrollmentIssuer]:
+    """Load every configured issuer; a bad one raises ConfigError naming it.
+
+    Integration servers' keys are read and checked now. KYC providers get a RemoteJwks that
+    fetches on first use; ``store`` lets it share keys and its cooldown with other instances
+    (without one, as in ``check-config``, it is this process's alone).
+    """
     moment = time.time() if now is None else now
-    return {
-        issuer.issuer: load_static_issuer(i, issuer, now=moment)
-        for i, issuer in enumerate(settings.enrollment_issuers)
-        if issuer.format == "jwt"
-    }
+    issuers: dict[str, EnrollmentIssuer] = {}
+    for i, issuer in enumerate(settings.enrollment_issuers):
+        if issuer.format == "uqudo":
+            issuers[issuer.issuer] = load_kyc_issuer(
+                i, issuer, settings.enrollment, store=store, clock=clock or SystemClock()
+            )
+        else:
+            issuers[issuer.issuer] = load_static_issuer(i, issuer, now=moment)
+    return issuers
 
 
 def create_app(
@@ -49,10 +66,11 @@ def create_app(
 ) -> Starlette:
     """Build the operator. Keys and issuer keys are loaded here, so a bad configuration fails
     before the server listens; connections open in the lifespan."""
+    install_redaction()
     clock = clock or SystemClock()
     store = store or open_store(settings, clock)
     keys = signing.load_or_create(settings.keys_dir)
-    issuers = load_issuers(settings, now=clock.now())
+    issuers = load_issuers(settings, now=clock.now(), store=store, clock=clock)
     vapid_key = load_or_create_vapid_key(settings.push.vapid_private_key_file)
     if notifier is None:
         notifier = WebPushNotifier(vapid_key, settings.push.vapid_subject, clock=clock)
@@ -85,6 +103,9 @@ def create_app(
             yield
         finally:
             await dispatcher.aclose()
+            for issuer in issuers.values():
+                if isinstance(issuer, KycIssuer):
+                    await issuer.jwks.aclose()
             await rt.store.aclose()
 
     routes: list[BaseRoute] = [

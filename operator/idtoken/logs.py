@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -34,10 +35,42 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key in _STANDARD or key.lower() in _NEVER:
                 continue
-            entry[key] = value if isinstance(value, str | int | float | bool | None) else str(value)
+            entry[key] = (
+                value if isinstance(value, str | int | float | bool | None) else _text(value)
+            )
         if record.exc_info and record.levelno >= logging.ERROR:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+_QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"']+")
+
+
+class RedactQueryTokens(logging.Filter):
+    """The socket URL carries the wsToken in its query; servers log request lines at debug
+    level. Blank it out wherever such a line is logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg = _QUERY_TOKEN.sub(r"\1[redacted]", message)
+            record.args = ()
+        return True
+
+
+def install_redaction() -> None:
+    """Attach :class:`RedactQueryTokens` to the server's loggers (idempotent)."""
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactQueryTokens) for f in logger.filters):
+            logger.addFilter(RedactQueryTokens())
+
+
+def _text(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:  # a log line must never fail because of one odd attribute
+        return f"<{type(value).__name__}>"
 
 
 def configure(level: str = "INFO") -> None:

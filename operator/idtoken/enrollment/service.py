@@ -21,6 +21,7 @@ from idtoken.enrollment.assertion import (
 )
 from idtoken.enrollment.credential import issue_credential
 from idtoken.enrollment.issuers import StaticIssuer
+from idtoken.enrollment.kyc import KycIssuer, verify_kyc_jws
 from idtoken.errors import (
     InvalidRequest,
     InvalidSignature,
@@ -39,6 +40,9 @@ from idtoken.keys.device import (
 from idtoken.keys.signing import SigningKeys
 from idtoken.settings import Settings
 from idtoken.store.base import DeviceRecord, EnrollStatus, Store
+
+EnrollmentIssuer = StaticIssuer | KycIssuer
+"""An issuer that may enroll devices: an integration server (static key) or a KYC provider."""
 
 log = logging.getLogger("idtoken.enrollment")
 security = logging.getLogger("idtoken.security")
@@ -74,7 +78,7 @@ class EnrollmentService:
         settings: Settings,
         store: Store,
         keys: SigningKeys,
-        issuers: Mapping[str, StaticIssuer],
+        issuers: Mapping[str, EnrollmentIssuer],
         clock: Clock,
     ) -> None:
         self._settings = settings
@@ -106,7 +110,7 @@ class EnrollmentService:
             security.info("enroll signature refused", extra={"reason": exc.reason})
             raise InvalidSignature("the signature does not verify") from exc
 
-        assertion = self._verify_token(req.enrollment_token, now)
+        assertion = await self._verify_token(req.enrollment_token, now)
         token_id = assertion.subject or ("tok_" + secrets.token_urlsafe(16))
         exp = int(now) + self._settings.enrollment.credential_max_age
         if assertion.document_expiry is not None:
@@ -155,7 +159,7 @@ class EnrollmentService:
             token_id=token_id, device_id=req.device_id, expires_at=exp, credential=credential
         )
 
-    def _verify_token(self, token: str, now: float) -> Assertion:
+    async def _verify_token(self, token: str, now: float) -> Assertion:
         try:
             jws = jose.parse_compact(token, max_length=MAX_TOKEN_LENGTH)
         except jose.JoseError as exc:
@@ -165,16 +169,26 @@ class EnrollmentService:
         if issuer is None:
             raise invalid("unknown_issuer")
         enrollment = self._settings.enrollment
-        assertion = verify_integration_jwt(
-            jws,
-            issuer,
-            now=now,
-            leeway=enrollment.leeway,
-            max_lifetime=enrollment.max_token_lifetime,
-        )
+        if isinstance(issuer, KycIssuer):
+            assertion = await verify_kyc_jws(
+                jws,
+                issuer,
+                now=now,
+                leeway=enrollment.leeway,
+                max_lifetime=enrollment.max_token_lifetime,
+            )
+        else:
+            assertion = verify_integration_jwt(
+                jws,
+                issuer,
+                now=now,
+                leeway=enrollment.leeway,
+                max_lifetime=enrollment.max_token_lifetime,
+            )
         if (
             assertion.document_expiry is not None
-            and assertion.document_expiry < datetime.date.fromtimestamp(now)
+            and assertion.document_expiry
+            < datetime.datetime.fromtimestamp(now, tz=datetime.UTC).date()
         ):
             raise invalid("document_expired")
         return assertion

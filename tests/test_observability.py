@@ -1,0 +1,134 @@
+"""Metrics, probes and logs: what an operator watches, and what must never be in it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from conftest import OperatorFactory
+from idtoken.app import create_app
+from idtoken.logs import JsonFormatter
+from idtoken.settings import load_settings, secret_digest
+from pushreceiver import PushReceiver
+from support import OperatorConfig, free_port, serve_in_process
+
+METRICS = '\n[metrics]\ntoken = "metrics-token-0123456789"\n'
+
+
+async def test_metrics_need_the_token_and_count_the_flow(
+    make_operator: OperatorFactory, redis_url: str
+) -> None:
+    async with make_operator(extra=METRICS) as op:
+        device = await op.enrolled("user-m1")
+        rp = op.rp()
+        started = await rp.initiate("user-m1")
+        resp = await device.approve(started.session_id, started.auto_password, ["identity:name"])
+        assert resp.status_code == 200
+        rejected = await rp.initiate("user-m1")
+        assert (await device.reject(rejected.session_id)).status_code == 200
+
+        assert (await op.http.get("/metrics")).status_code == 401
+        bad = await op.http.get("/metrics", headers={"Authorization": "Bearer metrics-token-0"})
+        assert bad.status_code == 401 and bad.json()["error"] == "unauthorized"
+        resp = await op.http.get(
+            "/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}
+        )
+        assert resp.status_code == 200
+        text = resp.text
+        assert 'idtoken_sessions_initiated_total{service="shop"} 2.0' in text
+        assert 'idtoken_sessions_approved_total{service="shop"} 1.0' in text
+        assert 'idtoken_sessions_rejected_total{reason="User rejected",service="shop"} 1.0' in text
+        assert "idtoken_decision_seconds_count" in text
+        assert "idtoken_open_sockets" in text
+
+
+async def test_metrics_endpoint_is_off_without_a_token(
+    make_operator: OperatorFactory, redis_url: str
+) -> None:
+    async with make_operator() as op:
+        resp = await op.http.get("/metrics", headers={"Authorization": "Bearer anything-at-all"})
+        assert resp.status_code == 404
+
+
+async def test_probes(make_operator: OperatorFactory, redis_url: str, tmp_path: Path) -> None:
+    async with make_operator() as op:
+        assert (await op.http.get("/healthz")).json() == {"status": "ok"}
+        assert (await op.http.get("/readyz")).json() == {"status": "ready"}
+    cfg = OperatorConfig(tmp_path / "down", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    app = create_app(load_settings(cfg.write()))
+    import httpx
+
+    async with serve_in_process(app) as url, httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        resp = await http.get("/readyz")
+        assert resp.status_code == 503 and resp.json()["status"] == "unavailable"
+
+
+async def test_logs_never_contain_secrets_or_identity(
+    make_operator: OperatorFactory, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "client-secret-for-the-log-test"
+    service = {
+        "id": "shop",
+        "name": "Example Shop",
+        "audience": "shop-audience",
+        "allowed_scopes": ["identity:name", "identity:email"],
+        "client_secret_sha256": secret_digest(secret),
+    }
+    formatter = JsonFormatter()
+    with caplog.at_level(logging.DEBUG):
+        async with make_operator(services=[service]) as op, PushReceiver() as receiver:
+            disco = (await op.http.get("/.well-known/openid-configuration")).json()
+            subscription, _ = receiver.new_subscription(
+                application_server_key=disco["push_vapid_public_key"]
+            )
+            device = op.device()
+            token = op.issuer.mint("user-log", given_name="Quetzalcoatl", email="q@example.test")
+            enrolled = await device.enroll(token, push_subscription=subscription.to_json())
+            rp = op.rp(client_secret=secret)
+            secrets_seen: list[str] = [
+                secret,
+                token,
+                enrolled.credential,
+                "Quetzalcoatl",
+                "q@example.test",
+                subscription.p256dh,
+                subscription.auth,
+                subscription.endpoint,
+            ]
+            for attempt in range(3):
+                started = await rp.initiate("user-log", ["identity:name", "identity:email"])
+                secrets_seen += [started.auto_password, started.ws_token]
+                if attempt == 0:
+                    resp = await device.approve(
+                        started.session_id,
+                        "000000" if started.auto_password != "000000" else "111111",
+                        [],
+                    )
+                    assert resp.status_code == 400
+                elif attempt == 1:
+                    resp = await device.approve(
+                        started.session_id, started.auto_password, ["identity:name"]
+                    )
+                    assert resp.status_code == 200
+                    message = await rp.wait_result(started, timeout=5)
+                    secrets_seen.append(message["jwt"])
+                else:
+                    await device.reject(started.session_id, "not_me")
+            await receiver.wait_for_requests(3)
+            # Some refusals, which log details of their own.
+            await op.http.post("/auth/initiate", json={"tokenId": "user-log", "serviceId": "shop"})
+            await op.http.post("/enroll", json=device.enroll_body(token))
+    # Everything the operator (and its server) logged; the test's own HTTP client is not ours.
+    lines = [
+        formatter.format(record)
+        for record in caplog.records
+        if record.name.startswith(("idtoken", "uvicorn"))
+    ]
+    assert any("session approved" in line for line in lines)
+    assert any('"logger": "idtoken.security"' in line for line in lines)
+    for line in lines:
+        for value in secrets_seen:
+            assert value not in line, f"a secret reached the log: {line}"
