@@ -561,6 +561,15 @@ async def test_j10_unencoded_payload_is_refused(op: Operator, redis_srv: RedisSe
     sig = b64url(legit_sign(issuer)(header_b64.encode() + b"." + inline))
     token = f"{header_b64}.{inline.decode()}.{sig}"
     await assert_refused(op, redis_srv, token, reference, label="inline unencoded")
+    # Other members that change processing, on an otherwise valid issuer-signed token.
+    for label, extra in (
+        ("zip", {"zip": "DEF"}),
+        ("crit", {"crit": ["exp"]}),
+        ("cty", {"cty": "JWT"}),
+        ("enc", {"enc": "A256GCM"}),
+    ):
+        token = make_token({"alg": "RS256", "typ": "JWT", **extra}, claims, legit_sign(issuer))
+        await assert_refused(op, redis_srv, token, reference, label=label)
     assert token_keys(redis_srv, "b64-user") == []
 
 
@@ -742,6 +751,19 @@ async def test_j22_required_claims(op: Operator, redis_srv: RedisServer, claim: 
         assert token_keys(redis_srv, sub) == []
 
 
+async def test_sub_must_be_a_usable_token_id(op: Operator, redis_srv: RedisServer) -> None:
+    """A `sub` that cannot be a tokenId (contract: ^[A-Za-z0-9._:@-]{1,128}$) is refused: in
+    particular `|`, which would make signed messages ambiguous (catalogue A07)."""
+    reference = await reference_401(op)
+    issuer = rsa_issuer(op)
+    for sub in ("a|b", "", " ", "x" * 129, "ünï", "a b", "a\nb", 42, None, ["a"]):
+        claims = claims_for(sub="placeholder")
+        claims["sub"] = sub
+        token = make_token({"alg": "RS256", "typ": "JWT"}, claims, legit_sign(issuer))
+        await assert_refused(op, redis_srv, token, reference, label=f"sub {sub!r:.20}")
+    assert stored_keys(redis_srv) == set()
+
+
 # =========================================================================== E01 / E03
 
 
@@ -757,6 +779,11 @@ async def test_e01_same_token_twice_is_a_replay(op: Operator, redis_srv: RedisSe
         assert again.json()["error"] == "token_replayed"
         assert set(again.json()) == {"error", "error_description"}
     assert redis_srv.cli("HGETALL", "idtoken:{t:replay-01}:device") == device_before
+    # The marker lives until exp + leeway (60 s), no longer: the token's exp is 300 s away.
+    markers = [k for k in token_keys(redis_srv, "replay-01") if ":jti:" in k]
+    assert len(markers) == 1, markers
+    ttl = int(redis_srv.cli("TTL", markers[0]))
+    assert 300 + 60 - 10 <= ttl <= 300 + 60 + 2, ttl
 
 
 async def test_e03_same_jti_from_two_issuers_is_accepted(op: Operator) -> None:

@@ -437,6 +437,25 @@ async def test_a06_replaced_device_key(op: Operator) -> None:
     assert [m["type"] for m in await all_messages(sock)] == ["approved"]
 
 
+async def test_a06_replaced_device_cannot_end_sessions_with_a_wrong_code(op: Operator) -> None:
+    """The replaced key is no longer the token's device key (contract §2 checks), so its
+    approvals are 401 whatever OTP they carry: a lost or stolen phone that was replaced must
+    not be able to end the new phone's sessions with one signed wrong code."""
+    old = await op.enrolled("a06c-user", device_id="old-phone")
+    new = op.device("new-phone")
+    await new.enroll(op.issuer.mint("a06c-user"))
+    rp = op.rp()
+    started = await rp.initiate("a06c-user", NAME)
+    sock = await open_socket(rp, started)
+    resp = await verify(op, old.verify_body(started.session_id, wrong(started.auto_password), NAME))
+    assert resp.status_code == 401, resp.text
+    assert resp.json()["error"] == "invalid_signature"
+    await assert_silent(sock)
+    resp = await new.approve(started.session_id, started.auto_password, NAME)
+    assert resp.status_code == 200, resp.text
+    assert [m["type"] for m in await all_messages(sock)] == ["approved"]
+
+
 async def test_new_key_with_old_credential_is_refused(op: Operator) -> None:
     old = await op.enrolled("a06b-user", device_id="old-phone")
     new = op.device("new-phone")

@@ -169,6 +169,11 @@ class LoginService:
         )
         result = await self._store.create_session(session, limits=self._limits, now=now)
         if result.status is not CreateStatus.CREATED:
+            if result.status in (CreateStatus.LOCKED, CreateStatus.PAUSED):
+                security.warning(
+                    "initiate refused for a locked or paused token",
+                    extra={"service_id": service.id, "refusal": result.status.value},
+                )
             raise _refusal(result.status, result.retry_after)
         self._remember(session)
         self._metrics.initiated.labels(service.id).inc()
@@ -211,6 +216,17 @@ class LoginService:
         its next /auth/pending."""
         session = self._recent.get(session_id)
         self._metrics.pushes.labels(result.outcome.value).inc()
+        log.info(
+            "push finished",
+            extra={
+                "session_id": session_id,
+                "outcome": result.outcome.value,
+                "attempts": result.attempts,
+                "push_status": result.status,
+                "push_origin": subscription.origin,
+                "elapsed": round(result.elapsed, 4),
+            },
+        )
         if session is not None:
             self._metrics.push_seconds.observe(self._clock.now() - session.created_at)
         if result.outcome is PushOutcome.DEAD and session is not None:
