@@ -69,7 +69,9 @@ def create_app(
     install_redaction()
     clock = clock or SystemClock()
     store = store or open_store(settings, clock)
-    keys = signing.load_or_create(settings.keys_dir)
+    keys = signing.load_or_create(
+        settings.keys_dir, clock=clock, keep_after_retire=signing.keep_after_retire(settings)
+    )
     issuers = load_issuers(settings, now=clock.now(), store=store, clock=clock)
     vapid_key = load_or_create_vapid_key(settings.push.vapid_private_key_file)
     if notifier is None:

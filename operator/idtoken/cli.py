@@ -51,7 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     gen = keys_sub.add_parser("generate", help="create a new signing key in keys_dir")
     gen.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
     gen.set_defaults(handler=_keys_generate)
-    lst = keys_sub.add_parser("list", help="list the signing keys in keys_dir")
+    rot = keys_sub.add_parser(
+        "rotate", help="add a key that is published now and starts signing after --delay"
+    )
+    rot.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    rot.add_argument(
+        "--delay",
+        type=int,
+        default=3600,
+        help="seconds before the new key signs (default 3600, the JWKS max-age)",
+    )
+    rot.set_defaults(handler=_keys_rotate)
+    lst = keys_sub.add_parser("list", help="list the signing keys in keys_dir and their states")
     lst.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
     lst.set_defaults(handler=_keys_list)
 
@@ -238,18 +249,49 @@ def _check_config(args: argparse.Namespace) -> int:
 def _keys_generate(args: argparse.Namespace) -> int:
     from idtoken.keys.signing import generate
 
-    key = generate(_settings(args).keys_dir)
+    key = generate(_settings(args).keys_dir)  # signs at once: for a new deployment
     print(key.kid)
     return 0
 
 
-def _keys_list(args: argparse.Namespace) -> int:
-    from idtoken.keys.signing import load_or_create
+def _keys_rotate(args: argparse.Namespace) -> int:
+    import time
 
-    keys = load_or_create(_settings(args).keys_dir, create=False)
-    for kid in keys.kids:
-        print(f"{kid}\t{'active' if kid == keys.active.kid else 'published'}")
+    from idtoken.keys.signing import JWKS_MAX_AGE, generate
+
+    if args.delay < JWKS_MAX_AGE:
+        print(
+            f"warning: a delay under {JWKS_MAX_AGE} s (the JWKS max-age) lets relying parties "
+            "with a cached JWKS see tokens signed by a key they do not know yet",
+            file=sys.stderr,
+        )
+    key = generate(_settings(args).keys_dir, activates_at=time.time() + max(0, args.delay))
+    print(f"{key.kid}\tpublished now, signs from {_iso(key.activates_at)}")
     return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from idtoken.keys.signing import keep_after_retire, load_or_create
+
+    settings = _settings(args)
+    keys = load_or_create(
+        settings.keys_dir, create=False, keep_after_retire=keep_after_retire(settings)
+    )
+    print("kid\tstate\tsigns from\tretired at\tpublished until")
+    for s in keys.states():
+        print(
+            f"{s.kid}\t{s.state}\t{_iso(s.activates_at)}\t{_iso(s.retired_at)}\t"
+            f"{_iso(s.published_until)}"
+        )
+    return 0
+
+
+def _iso(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    from idtoken.ids import iso_z
+
+    return iso_z(epoch)
 
 
 def _services_secret(args: argparse.Namespace) -> int:

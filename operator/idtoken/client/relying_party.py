@@ -104,7 +104,11 @@ class RelyingParty:
         audience: str | None = None,
         client_secret: str | None = None,
         jwks: JwksCache | None = None,
+        clock: Callable[[], float] = time.time,
+        leeway: int = 30,
     ) -> None:
+        self.clock = clock
+        self.leeway = leeway
         self.http = http
         self.service_id = service_id
         self.issuer = issuer
@@ -197,7 +201,10 @@ class RelyingParty:
                 options["sid"] = {"essential": True, "value": session_id}
             if nonce is not None:
                 options["nonce"] = {"essential": True, "value": nonce}
-            jwt.JWTClaimsRegistry(**options).validate(decoded.claims)
+            registry = jwt.JWTClaimsRegistry(
+                now=lambda: int(self.clock()), leeway=self.leeway, **options
+            )
+            registry.validate(decoded.claims)
         except JoseError as exc:
             raise ResultError("invalid_jwt", exc.error) from exc
         return dict(decoded.claims)
