@@ -255,7 +255,7 @@ async def test_late_socket_on_another_instance_gets_the_decision_at_once(
         started = await a.rp.initiate(token_id)
         await approve(device, started)
         async with websockets.connect(b.rp.socket_url(started), compression=None) as sock:
-            approved = await recv_json(sock, timeout=2)
+            approved = await recv_json(sock, timeout=5)
             assert approved["type"] == "approved"
             assert b.rp.hash_ok(started, approved)
             assert await closed_code(sock) == 1000
@@ -266,7 +266,7 @@ async def test_late_socket_on_another_instance_gets_the_decision_at_once(
         resp = await c.device(device).reject(started.session_id)
         assert resp.status_code == 200, resp.text
         async with websockets.connect(a.rp.socket_url(started), compression=None) as sock:
-            assert await recv_json(sock, timeout=2) == {
+            assert await recv_json(sock, timeout=5) == {
                 "type": "rejected",
                 "reason": "User rejected",
             }

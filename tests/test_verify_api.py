@@ -803,7 +803,8 @@ async def test_pending_lists_sessions_for_the_right_key_only(op: Operator) -> No
         "timestamp": ts,
         "signature": stranger.sign(f"nobody-here|pending|{ts}"),
     }
-    other_message = {**device.pending_body(), "timestamp": ts + 1}
+    signed = device.pending_body()
+    other_message = {**signed, "timestamp": signed["timestamp"] + 1}
     bodies = []
     for label, body in (
         ("wrong key", wrong_key),

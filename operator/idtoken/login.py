@@ -286,14 +286,20 @@ class LoginService:
             await self._fail(session, None, now, InvalidSignature("the signature does not verify"))
 
         granted = list(dict.fromkeys(req.granted_scopes))
-        if not set(granted) <= set(session.scopes):
+        scopes_ok = set(granted) <= set(session.scopes)
+        otp_ok = ids.same_secret(req.otp, session.otp)
+        if not (scopes_ok and otp_ok):
+            # Only the token's current device may spend the session's attempts: a replaced
+            # (lost, stolen) phone still holds a valid old key and credential (A06).
+            await self._require_current_device(session, credential)
+        if not scopes_ok:
             await self._fail(
                 session,
                 None,
                 now,
                 InvalidRequest("grantedScopes must be a subset of the requested scopes"),
             )
-        if not ids.same_secret(req.otp, session.otp):
+        if not otp_ok:
             display = service.otp_mode == "display"
             await self._fail(
                 session,
@@ -324,17 +330,25 @@ class LoginService:
             )
             return
         if t.outcome in (Outcome.STALE_DEVICE, Outcome.REVOKED):
-            security.warning(
-                "approval with a replaced device or credential",
-                extra={"session_id": session.session_id},
-            )
-            await self._fail(
-                session,
-                None,
-                now,
-                InvalidSignature("the device key or credential is no longer valid"),
-            )
+            raise self._stale(session)
         raise _state_error(t)
+
+    async def _require_current_device(self, session: SessionRecord, credential: Credential) -> None:
+        device = await self._store.get_device(session.token_id)
+        if (
+            device is None
+            or device.status == "revoked"
+            or device.key_thumbprint != credential.key_thumbprint
+            or device.credential_jti != credential.jti
+        ):
+            raise self._stale(session)
+
+    def _stale(self, session: SessionRecord) -> InvalidSignature:
+        security.warning(
+            "approval with a replaced device or credential",
+            extra={"session_id": session.session_id},
+        )
+        return InvalidSignature("the device key or credential is no longer valid")
 
     async def reject(self, req: RejectRequest) -> None:
         now = self._clock.now()

@@ -8,8 +8,6 @@ from starlette.responses import Response
 from idtoken.api.body import Fields, read_json
 from idtoken.api.responses import json_response
 from idtoken.api.runtime import runtime
-from idtoken.enrollment.assertion import MAX_TOKEN_LENGTH
-from idtoken.enrollment.credential import MAX_CREDENTIAL_LENGTH
 from idtoken.enrollment.service import EnrollRequest
 from idtoken.errors import InvalidRequest
 from idtoken.ids import iso_z
@@ -31,7 +29,7 @@ async def enroll(request: Request) -> Response:
         except ValueError as exc:
             raise InvalidRequest(f"pushSubscription: {exc}") from exc
     req = EnrollRequest(
-        enrollment_token=f.compact_jws("enrollmentToken", max_length=MAX_TOKEN_LENGTH),
+        enrollment_token=f.compact_jws("enrollmentToken"),
         public_key_pem=f.text_block("publicKeyPem", max_length=1024),
         device_id=f.ident("deviceId"),
         push_subscription=subscription,
@@ -72,7 +70,7 @@ async def verify(request: Request) -> Response:
         otp=f.otp(),
         granted_scopes=f.scope_list("grantedScopes"),
         timestamp=f.timestamp(),
-        credential=f.compact_jws("credential", max_length=MAX_CREDENTIAL_LENGTH),
+        credential=f.compact_jws("credential"),
         signature=f.signature(),
     )
     await rt.login.verify(req)

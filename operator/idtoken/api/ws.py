@@ -85,7 +85,7 @@ class SocketSession:
     async def run(self) -> None:
         store = self.rt.store
         # Listen before reading state, so that nothing published in between is missed.
-        stop = store.listen(self.session.session_id, self._on_event)
+        stop = store.listen(self.session.token_id, self.session.session_id, self._on_event)
         receiver = asyncio.create_task(self._receive())
         try:
             self.seq = await store.claim_socket(self.session.token_id, self.session.session_id)
@@ -93,6 +93,9 @@ class SocketSession:
             if current is None:
                 await self._close(CLOSE_UNKNOWN)
                 return
+            if current.state == "pending" and self.rt.clock.now() >= current.expires_at:
+                # Expired but nobody noticed yet: the browser gets `expired`, not the code.
+                current = await self._expire() or current
             if await self._deliver_if_final(current):
                 return
             await self._send(
