@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long in-flight requests may take to finish (default 10)",
+    )
     serve.set_defaults(handler=_serve)
 
     check = command("check-config", "load the configuration and every key it names, then exit")
@@ -183,7 +190,9 @@ def _serve(args: argparse.Namespace) -> int:
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         timeout_keep_alive=15,
-        timeout_graceful_shutdown=10,
+        # On SIGTERM uvicorn stops accepting, closes sockets with 1012 (browsers reconnect to
+        # another instance and re-read the stored result) and lets requests finish.
+        timeout_graceful_shutdown=max(0.0, args.drain_timeout),
         backlog=2048,
     )
     return 0

@@ -250,11 +250,13 @@ def load_or_create(
 ) -> SigningKeys:
     """Load every key in ``keys_dir``; create the directory and a first key if there is none."""
     try:
-        keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with _locked(keys_dir):
-            keys = _load_all(keys_dir)
-            if not keys and create:
-                keys = [_write_new_key(keys_dir, activates_at=None)]
+        # Keys already there: read them without writing anything, so that keys_dir can be a
+        # read-only mount (a Kubernetes Secret). Only creating the first key takes the lock.
+        keys = _load_all(keys_dir) if keys_dir.is_dir() else []
+        if not keys and create:
+            keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with _locked(keys_dir):
+                keys = _load_all(keys_dir) or [_write_new_key(keys_dir, activates_at=None)]
     except OSError as exc:
         raise KeyStoreError(f"keys_dir {keys_dir}: {exc.strerror or exc}") from exc
     if not keys:
