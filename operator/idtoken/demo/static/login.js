@@ -42,6 +42,12 @@
   let current = null; // {login, ws, timer, done, retries}
   let tokenEdited = false;
 
+  /** An error description as a sentence: capitalised, with a full stop. */
+  function sentence(text) {
+    const s = String(text).trim();
+    return s.charAt(0).toUpperCase() + s.slice(1) + (/[.!?]$/.test(s) ? "" : ".");
+  }
+
   function h(tag, attrs, ...children) {
     const el = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
@@ -79,7 +85,7 @@
     }
     const data = await resp.json().catch(() => ({}));
     if (!resp.ok) {
-      const err = new Error(data.error_description || `HTTP ${resp.status}`);
+      const err = new Error(sentence(data.error_description || `HTTP error ${resp.status}`));
       err.code = data.error;
       err.status = resp.status;
       throw err;
@@ -164,7 +170,7 @@
     $("waiting-meta").replaceChildren(
       h("span", {}, "Service ", h("b", { text: login.serviceName })),
       h("span", {}, "Token ", h("b", { class: "mono", text: $("token-id").value.trim() })),
-      h("span", {}, "Scopes ", h("b", { text: login.scopes.join(", ") || "defaults" })),
+      h("span", {}, "Asks for ", h("b", { text: login.scopes.map((s) => (config.scopes[s] || {}).label || s).join(", ") || "defaults" })),
     );
     tick();
     current.timer = setInterval(tick, 500);
@@ -206,7 +212,7 @@
         case "expired":
           finish();
           ws.close();
-          showOutcome("warn", "⏱", "The code expired", "", "Nobody approved the login in time. Start again to get a new code.");
+          showOutcome("warn", "◷", "The code expired", "", "Nobody approved the login in time. Start again to get a new code.");
           break;
       }
     });
@@ -252,6 +258,7 @@
     if (text) p.append(text);
     $("signed-in").hidden = kind !== "ok";
     $("outcome-wrap").className = kind === "ok" ? "" : "column";
+    $("again-button").textContent = kind === "ok" ? "Log out" : "Start again";
     show("outcome");
     $("again-button").focus({ preventScroll: true });
   }

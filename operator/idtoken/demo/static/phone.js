@@ -26,6 +26,12 @@
   const cards = new Map(); // sessionId -> {session, el, busy}
   const finished = new Set();
 
+  /** An error description as a sentence: capitalised, with a full stop. */
+  function sentence(text) {
+    const s = String(text).trim();
+    return s.charAt(0).toUpperCase() + s.slice(1) + (/[.!?]$/.test(s) ? "" : ".");
+  }
+
   function h(tag, attrs, ...children) {
     const el = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
@@ -120,7 +126,7 @@
     }
     const data = await resp.json().catch(() => ({}));
     if (!resp.ok) {
-      const err = new Error(data.error_description || `HTTP ${resp.status}`);
+      const err = new Error(sentence(data.error_description || `HTTP error ${resp.status}`));
       err.code = data.error;
       err.status = resp.status;
       throw err;
@@ -210,7 +216,7 @@
       resetRequests();
       showHome();
     } catch (e) {
-      error.textContent = `Enrollment failed: ${e.message}`;
+      error.textContent = `Enrollment failed. ${e.message}`;
       error.hidden = false;
     } finally {
       button.disabled = false;
@@ -256,7 +262,7 @@
       sync(data.sessions || []);
     } catch (e) {
       if (!polling) return;
-      if (e.code === "token_revoked" || (e.code === "invalid_signature" && !/timestamp/.test(e.message))) {
+      if (e.code === "token_revoked" || (e.code === "invalid_signature" && !/timestamp/i.test(e.message))) {
         stopPolling();
         setConn("bad", "Not accepted");
         lost(e.code === "token_revoked"
@@ -293,7 +299,7 @@
     for (const [id, card] of cards) {
       if (!seen.has(id) && !card.busy) {
         const expired = Date.parse(card.session.expiresAt) <= Date.now() + 1000;
-        conclude(id, "warn", "⏱", expired ? "Request expired" : "Request closed",
+        conclude(id, "warn", "◷", expired ? "Request expired" : "Request closed",
           expired ? `${card.session.serviceName}: nobody answered in time.` : `${card.session.serviceName}: the login ended elsewhere.`);
       }
     }
@@ -449,7 +455,7 @@
       } else if (e.network) {
         cardError(card, e.message);
       } else if (["session_expired"].includes(e.code)) {
-        conclude(s.sessionId, "warn", "⏱", "Request expired", `${name}: the request expired before your answer.`);
+        conclude(s.sessionId, "warn", "◷", "Request expired", `${name}: the request expired before your answer.`);
       } else {
         conclude(s.sessionId, "bad", "!", "Not accepted", `${name}: ${e.message}`);
       }
@@ -483,7 +489,7 @@
       const left = Math.round((Date.parse(card.session.expiresAt) - Date.now()) / 1000);
       const el = card.el.querySelector(".expiry");
       if (left <= 0 && !card.busy) {
-        conclude(id, "warn", "⏱", "Request expired", `${card.session.serviceName}: nobody answered in time.`);
+        conclude(id, "warn", "◷", "Request expired", `${card.session.serviceName}: nobody answered in time.`);
         continue;
       }
       el.textContent = `${Math.floor(Math.max(0, left) / 60)}:${String(Math.max(0, left) % 60).padStart(2, "0")}`;

@@ -1,0 +1,1706 @@
+"""The benchmark driver behind ``scripts/bench`` (not part of the package).
+
+It starts everything it measures in its own processes: a fresh redis-server, the operator
+(``idtoken-operator serve``, 1 and 2 workers) on a generated configuration, and two baselines
+served by uvicorn with the operator's settings (a bare Starlette JSON POST and a raw ASGI app
+returning a fixed JSON body). It then runs interleaved rounds and prints medians; see
+docs/performance.md for the method and the meaning of every figure.
+
+Load comes from wrk (initiate, JWKS) and from a small keep-alive HTTP/1.1 client written on
+asyncio streams here (full login), plus the ``websockets`` client for browser sockets. Every
+load loop is bounded in count and time, and everything talks to 127.0.0.1 only.
+
+This is a measurement tool: a missed target is reported (``MISS``), never an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+OPERATOR_BIN = VENV_BIN / "idtoken-operator"
+ISSUER = "https://bench-issuer.test"
+AUDIENCE = "idtoken-operator"
+SERVICE = "bench"  # session_ttl = 60: throughput rounds
+SOCKET_SERVICE = "bench-sockets"  # session_ttl = 600: sockets held longer than a minute
+SCOPE = "identity:name"
+
+TARGETS = {
+    "initiate_vs_starlette": 0.40,
+    "login_vs_starlette": 0.15,
+    "jwks_vs_raw_asgi": 0.70,
+    "two_workers_vs_one": 1.6,
+    "approve_p99_ms": 10.0,
+    "kib_per_idle_socket": 32.0,
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ============================================================================ settings
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    duration: float  # seconds per throughput measurement
+    warmup: float
+    tokens: int
+    wrk_connections: int
+    login_concurrency: int
+    latency_idle: int
+    latency_rate: float
+    latency_seconds: float
+    memory_sockets: int
+    max_sockets: int
+    socket_hold: float
+    open_concurrency: int
+
+    @staticmethod
+    def full(rounds: int) -> Plan:
+        return Plan(
+            rounds=rounds,
+            duration=5.0,
+            warmup=1.0,
+            tokens=2000,
+            wrk_connections=64,
+            login_concurrency=32,
+            latency_idle=1000,
+            latency_rate=50.0,
+            latency_seconds=10.0,
+            memory_sockets=5000,
+            max_sockets=10_000,
+            socket_hold=5.0,
+            open_concurrency=32,
+        )
+
+    @staticmethod
+    def quick() -> Plan:
+        return Plan(
+            rounds=1,
+            duration=2.0,
+            warmup=0.5,
+            tokens=400,
+            wrk_connections=64,
+            login_concurrency=32,
+            latency_idle=200,
+            latency_rate=20.0,
+            latency_seconds=3.0,
+            memory_sockets=1000,
+            max_sockets=2000,
+            socket_hold=2.0,
+            open_concurrency=32,
+        )
+
+
+# ============================================================================ processes
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass
+class Pinning:
+    """Server under test on core 0; load generator, Redis and this driver on the rest."""
+
+    server: str | None
+    client: str | None
+
+    @staticmethod
+    def choose(enabled: bool) -> Pinning:
+        n = cpu_count()
+        if not enabled or n < 2 or shutil.which("taskset") is None:
+            return Pinning(None, None)
+        return Pinning("0", ",".join(str(i) for i in range(1, n)))
+
+    @property
+    def all(self) -> str | None:
+        return None if self.server is None else f"0-{cpu_count() - 1}"
+
+    @staticmethod
+    def prefix(cpus: str | None) -> list[str]:
+        return ["taskset", "-c", cpus] if cpus else []
+
+
+class Proc:
+    """A child process in its own process group, stopped by its id only."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_file: Path, **kw: Any) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_file = log_file
+        with open(log_file, "ab") as out:
+            self.popen = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kw
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=5)
+        # Workers of a multi-process server share the group; make sure none is left behind.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+
+    def tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+def wait_port_http(port: int, path: str, proc: Proc, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(request)
+                if s.recv(16).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.name} did not become ready:\n{proc.tail()}")
+
+
+def proc_tree(pid: int) -> list[int]:
+    """pid and its descendants (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
+    return out
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total / tick
+
+
+def runqueue_wait_seconds(pids: Sequence[int]) -> float:
+    """Time the threads of ``pids`` spent runnable but waiting for a CPU (schedstat)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                        total += int(f.read().split()[1])
+    return total / 1e9
+
+
+class Meter:
+    """Server CPU, server run-queue wait and load-generator CPU over one measurement, each in
+    cores (seconds per second of wall time)."""
+
+    def __init__(self, server_pid: int, client: Callable[[], float]) -> None:
+        self.pids = proc_tree(server_pid)
+        self.client = client
+        self.t0 = time.monotonic()
+        self.cpu0 = cpu_seconds(self.pids)
+        self.wait0 = runqueue_wait_seconds(self.pids)
+        self.client0 = client()
+
+    def done(self) -> dict[str, float]:
+        elapsed = time.monotonic() - self.t0
+        return {
+            "elapsed": elapsed,
+            "server_cores": (cpu_seconds(self.pids) - self.cpu0) / elapsed,
+            "server_wait": (runqueue_wait_seconds(self.pids) - self.wait0) / elapsed,
+            "client_cores": (self.client() - self.client0) / elapsed,
+        }
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def self_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+# ============================================================================ redis
+class Redis:
+    def __init__(self, work: Path, pin: str | None) -> None:
+        self.port = free_port()
+        self.dir = work / "redis"
+        self.dir.mkdir()
+        self.proc = Proc(
+            "redis-server",
+            [
+                *Pinning.prefix(pin),
+                shutil.which("redis-server") or "redis-server",
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.dir),
+                "--save", "",
+                "--appendonly", "no",
+                "--daemonize", "no",
+                "--protected-mode", "yes",
+                "--maxclients", "20000",
+            ],
+            work / "redis.log",
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if self.command("PING") == "+PONG":
+                    return
+            if not self.proc.alive():
+                raise RuntimeError(f"redis-server exited:\n{self.proc.tail()}")
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self, *args: str) -> str:
+        """One command over a fresh connection (RESP), the reply as text."""
+        parts = [f"*{len(args)}\r\n".encode()]
+        for a in args:
+            b = a.encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"".join(parts))
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if data[:1] in (b"+", b"-", b":") and data.endswith(b"\r\n"):
+                    break
+                if data[:1] == b"$":
+                    head, _, rest = data.partition(b"\r\n")
+                    if len(rest) >= int(head[1:]) + 2:
+                        return rest[: int(head[1:])].decode()
+        return data.decode().strip()
+
+    def clients(self) -> dict[str, int]:
+        info = self.command("INFO", "clients")
+        connected = int(re.search(r"connected_clients:(\d+)", info).group(1))  # type: ignore[union-attr]
+        listing = self.command("CLIENT", "LIST").splitlines()
+        subscribers = [ln for ln in listing if re.search(r"\bsub=[1-9]", ln)]
+        return {
+            "connected_clients": connected,
+            "excluding_query": connected - 1,  # the connection asking
+            "subscribers": len(subscribers),
+        }
+
+
+# ============================================================================ config
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def es256(key: ec.EllipticCurvePrivateKey, message: bytes) -> str:
+    r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
+    return b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+
+def mint_enrollment(issuer_key: ec.EllipticCurvePrivateKey, sub: str) -> str:
+    now = int(time.time())
+    header = {"alg": "ES256", "typ": "JWT"}
+    payload = {
+        "sub": sub,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + 600,
+        "jti": b64url(os.urandom(12)),
+        "given_name": "Bench",
+        "family_name": "User",
+    }
+    h = b64url(json.dumps(header, separators=(",", ":")).encode())
+    p = b64url(json.dumps(payload, separators=(",", ":")).encode())
+    return f"{h}.{p}.{es256(issuer_key, f'{h}.{p}'.encode())}"
+
+
+def write_config(work: Path, redis_url: str, issuer_key: ec.EllipticCurvePrivateKey) -> Path:
+    conf = work / "operator"
+    conf.mkdir()
+    (conf / "issuer.pem").write_bytes(
+        issuer_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    text = textwrap.dedent(
+        f"""\
+        issuer = "http://127.0.0.1:8000"
+        keys_dir = "keys"
+        redis_url = "{redis_url}"
+
+        [push]
+        vapid_private_key_file = "vapid.pem"
+        vapid_subject = "mailto:bench@example.test"
+
+        [[services]]
+        id = "{SERVICE}"
+        name = "Benchmark"
+        allowed_scopes = ["{SCOPE}"]
+        default_scopes = ["{SCOPE}"]
+        session_ttl = 60
+
+        [[services]]
+        id = "{SOCKET_SERVICE}"
+        name = "Benchmark sockets"
+        allowed_scopes = ["{SCOPE}"]
+        default_scopes = ["{SCOPE}"]
+        session_ttl = 600
+
+        [limits]
+        max_pending_per_token = 100
+        pushes_per_token_per_10min = 1000
+        enroll_per_ip_per_hour = 100000
+
+        [[enrollment_issuers]]
+        issuer = "{ISSUER}"
+        audience = "{AUDIENCE}"
+        public_key_file = "issuer.pem"
+        trust_level = 1
+        """
+    )
+    path = conf / "operator.toml"
+    path.write_text(text)
+    return path
+
+
+BASELINE_STARLETTE = '''\
+"""Baseline for scripts/bench: a bare Starlette app, one POST route that parses JSON."""
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+async def echo(request: Request) -> JSONResponse:
+    body = await request.json()
+    return JSONResponse({"status": "ok", "fields": len(body)}, status_code=201)
+
+
+app = Starlette(routes=[Route("/echo", echo, methods=["POST"])])
+'''
+
+BASELINE_RAW = '''\
+"""Baseline for scripts/bench: a raw ASGI app returning a fixed JSON body (the JWKS bytes)."""
+import os
+
+with open(os.environ["BENCH_RAW_BODY"], "rb") as f:
+    _BODY = f.read()
+_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_BODY)).encode()),
+    (b"cache-control", b"public, max-age=3600"),
+    (b"etag", b\'"raw-fixed-body"\'),
+    (b"access-control-allow-origin", b"*"),
+]
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+    await send({"type": "http.response.body", "body": _BODY})
+'''
+
+# The operator's uvicorn settings (idtoken/cli.py), repeated for the baselines. loop and http
+# are "auto" in the operator, which picks uvloop and httptools when installed, as here.
+UVICORN_FLAGS = [
+    "--ws", "websockets-sansio",
+    "--ws-max-size", "4096",
+    "--ws-per-message-deflate", "false",
+    "--ws-ping-interval", "20",
+    "--ws-ping-timeout", "20",
+    "--timeout-keep-alive", "15",
+    "--backlog", "2048",
+    "--no-access-log",
+    "--no-server-header",
+    "--proxy-headers",
+    "--log-level", "warning",
+]
+
+
+def uvicorn_extra() -> list[str]:
+    out = []
+    for mod, flag in (("uvloop", ["--loop", "uvloop"]), ("httptools", ["--http", "httptools"])):
+        with contextlib.suppress(ImportError):
+            __import__(mod)
+            out += flag
+    return out
+
+
+class Servers:
+    """Every server process of one run; all stopped at exit."""
+
+    def __init__(self, work: Path, pin: Pinning) -> None:
+        self.work = work
+        self.pin = pin
+        self.procs: list[Proc] = []
+        self.config: Path | None = None
+        self.counter = 0
+
+    def operator(self, workers: int, cpus: str | None) -> tuple[Proc, int]:
+        assert self.config is not None
+        port = free_port()
+        self.counter += 1
+        p = Proc(
+            f"operator-{workers}w",
+            [
+                *Pinning.prefix(cpus),
+                str(OPERATOR_BIN),
+                "serve",
+                "--config", str(self.config),
+                "--host", "127.0.0.1",
+                "--port", str(port),
+                "--workers", str(workers),
+            ],
+            self.work / f"operator-{self.counter}-{workers}w.log",
+            env={k: v for k, v in os.environ.items() if not k.startswith("IDTOKEN_")},
+        )
+        self.procs.append(p)
+        wait_port_http(port, "/.well-known/jwks.json", p)
+        if workers > 1:  # every worker must be up, not just the first one to answer
+            deadline = time.monotonic() + 30
+            while len(proc_tree(p.pid)) < workers + 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.0)
+        return p, port
+
+    def baseline(self, app: str, env: dict[str, str], path: str) -> tuple[Proc, int]:
+        port = free_port()
+        p = Proc(
+            app,
+            [
+                *Pinning.prefix(self.pin.server),
+                str(VENV_BIN / "uvicorn"),
+                f"{app}:app",
+                "--app-dir", str(self.work),
+                "--host", "127.0.0.1",
+                "--port", str(port),
+                *UVICORN_FLAGS,
+                *uvicorn_extra(),
+            ],
+            self.work / f"{app}.log",
+            env={**os.environ, **env},
+        )
+        self.procs.append(p)
+        if path == "/echo":  # a POST-only route: wait for the port, then one POST
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with contextlib.suppress(OSError):
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                        body = b"{}"
+                        s.sendall(
+                            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 2\r\nConnection: close\r\n\r\n" + body
+                        )
+                        if s.recv(16).startswith(b"HTTP/1.1 201"):
+                            return p, port
+                if not p.alive():
+                    raise RuntimeError(f"{app} exited:\n{p.tail()}")
+                time.sleep(0.05)
+            raise RuntimeError(f"{app} did not start:\n{p.tail()}")
+        wait_port_http(port, path, p)
+        return p, port
+
+    def stop(self, p: Proc) -> None:
+        p.stop()
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs.clear()
+
+
+# ============================================================================ HTTP client
+class HttpError(Exception):
+    pass
+
+
+class Http:
+    """A minimal keep-alive HTTP/1.1 client on asyncio streams (Content-Length bodies only).
+
+    Much cheaper per request than a general client, so one core of load generator can keep a
+    one-core Python server saturated."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.host = f"127.0.0.1:{port}".encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> Http:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        return self
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        if self.writer is None:
+            await self.open()
+        assert self.reader is not None and self.writer is not None
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), path.encode(), self.host)
+        if body is not None:
+            head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+        self.writer.write(head + b"\r\n" + (body or b""))
+        try:
+            headers = await self.reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            self.close()
+            raise HttpError("connection closed") from exc
+        status = int(headers[9:12])
+        lower = headers.lower()
+        i = lower.find(b"content-length:")
+        if i < 0:
+            self.close()
+            raise HttpError("no content-length")
+        n = int(lower[i + 15 : lower.find(b"\r\n", i)])
+        data = await self.reader.readexactly(n) if n else b""
+        if b"connection: close" in lower:
+            self.close()
+        return status, data
+
+
+# ============================================================================ tokens
+@dataclass
+class Token:
+    token_id: str
+    key: ec.EllipticCurvePrivateKey
+    credential: str = ""
+    initiate_body: bytes = b""
+    socket_body: bytes = b""
+
+    def verify_body(self, session_id: str, otp: str) -> bytes:
+        ts = int(time.time() * 1000)
+        sig = es256(self.key, f"{session_id}|{otp}|{ts}|{SCOPE}".encode())
+        return json.dumps(
+            {
+                "sessionId": session_id,
+                "tokenId": self.token_id,
+                "otp": otp,
+                "grantedScopes": [SCOPE],
+                "timestamp": ts,
+                "credential": self.credential,
+                "signature": sig,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+
+async def enroll_all(port: int, n: int, issuer_key: ec.EllipticCurvePrivateKey) -> list[Token]:
+    tokens = [
+        Token(f"bench-{i:05d}", ec.generate_private_key(ec.SECP256R1())) for i in range(n)
+    ]
+    queue: asyncio.Queue[Token] = asyncio.Queue()
+    for t in tokens:
+        queue.put_nowait(t)
+    failures: list[str] = []
+
+    async def worker() -> None:
+        http = await Http(port).open()
+        try:
+            while not queue.empty():
+                t = queue.get_nowait()
+                token = mint_enrollment(issuer_key, t.token_id)
+                ts = int(time.time() * 1000)
+                digest = hashlib.sha256(token.encode()).hexdigest()
+                body = {
+                    "enrollmentToken": token,
+                    "publicKeyPem": t.key.public_key()
+                    .public_bytes(
+                        serialization.Encoding.PEM,
+                        serialization.PublicFormat.SubjectPublicKeyInfo,
+                    )
+                    .decode(),
+                    "deviceId": f"dev-{t.token_id}",
+                    "timestamp": ts,
+                    "signature": es256(t.key, f"enroll|dev-{t.token_id}|{ts}|{digest}".encode()),
+                }
+                status, data = await http.request("POST", "/enroll", json.dumps(body).encode())
+                if status != 201:
+                    failures.append(f"{status} {data[:200]!r}")
+                    continue
+                t.credential = json.loads(data)["credential"]
+        finally:
+            http.close()
+
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(16))), timeout=600)
+    if failures:
+        raise RuntimeError(f"{len(failures)} enrollments failed, first: {failures[0]}")
+    for t in tokens:
+        t.initiate_body = json.dumps({"tokenId": t.token_id, "serviceId": SERVICE}).encode()
+        t.socket_body = json.dumps({"tokenId": t.token_id, "serviceId": SOCKET_SERVICE}).encode()
+    return tokens
+
+
+# ============================================================================ wrk
+WRK_INITIATE_LUA = """\
+local ids = {}
+for line in io.lines("%(tokens)s") do ids[#ids + 1] = line end
+local n = #ids
+local counter = 0
+local thread_no = 0
+function setup(thread)
+  thread:set("offset", thread_no * 7919)
+  thread_no = thread_no + 1
+end
+function init(args)
+  counter = offset or 0
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+function request()
+  counter = counter + 1
+  local t = ids[(counter %% n) + 1]
+  return wrk.format(nil, "%(path)s", nil, '{"tokenId":"' .. t .. '","serviceId":"%(service)s"}')
+end
+"""
+
+
+@dataclass
+class RunResult:
+    rps: float
+    errors: int
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    server_cpu: float | None = None  # cores used by the server during the run
+    client_cpu: float | None = None  # cores used by the load generator
+    server_wait: float | None = None  # server threads runnable but not running (contention)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def metered(rps: float, errors: int, meter: dict[str, float], **kw: Any) -> RunResult:
+        return RunResult(
+            rps=rps,
+            errors=errors,
+            server_cpu=meter["server_cores"],
+            client_cpu=meter["client_cores"],
+            server_wait=meter["server_wait"],
+            **kw,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        d = {
+            "per_s": round(self.rps, 1),
+            "errors": self.errors,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "server_cores": None if self.server_cpu is None else round(self.server_cpu, 2),
+            "client_cores": None if self.client_cpu is None else round(self.client_cpu, 2),
+            "server_runqueue_wait": None
+            if self.server_wait is None
+            else round(self.server_wait, 3),
+            # Requests per second of server CPU: insensitive to CPU stolen by other processes.
+            "per_server_cpu_s": None
+            if not self.server_cpu
+            else round(self.rps / self.server_cpu, 1),
+        }
+        d.update(self.extra)
+        return d
+
+
+def _wrk_ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        return float("nan")
+    v = float(m.group(1))
+    return {"us": v / 1000, "ms": v, "s": v * 1000, "m": v * 60000}[m.group(2)]
+
+
+def run_wrk(
+    url: str,
+    *,
+    duration: float,
+    connections: int,
+    cpus: str | None,
+    server_pid: int,
+    script: Path | None = None,
+    threads: int = 1,
+) -> RunResult:
+    argv = [
+        *Pinning.prefix(cpus),
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout", "5s",
+        "--latency",
+    ]
+    if script is not None:
+        argv += ["-s", str(script)]
+    argv.append(url)
+    meter = Meter(server_pid, children_cpu)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+    measured = meter.done()
+    text = out.stdout
+    if out.returncode != 0 or "Requests/sec" not in text:
+        raise RuntimeError(f"wrk failed: {out.stderr}\n{text}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    p50 = re.search(r"\s50%\s+(\S+)", text)
+    p99 = re.search(r"\s99%\s+(\S+)", text)
+    return RunResult.metered(
+        rps,
+        errors,
+        measured,
+        p50_ms=round(_wrk_ms(p50.group(1)), 3) if p50 else None,
+        p99_ms=round(_wrk_ms(p99.group(1)), 3) if p99 else None,
+    )
+
+
+# ============================================================================ full login
+def pct(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+async def run_login(
+    port: int,
+    tokens: list[Token],
+    *,
+    duration: float,
+    concurrency: int,
+    server_pid: int,
+    baseline: bool,
+) -> RunResult:
+    """Initiate → sign → verify in ``concurrency`` loops on keep-alive connections.
+
+    For the baseline the same loop sends the same two bodies (the verify body signed the same
+    way, with a dummy session) to the bare Starlette POST: two POSTs per "login"."""
+    deadline = time.monotonic() + duration
+    counts = {"ok": 0, "errors": 0}
+    latencies: list[float] = []
+    first_error: list[str] = []
+
+    async def worker(w: int) -> None:
+        http = await Http(port).open()
+        i = w
+        try:
+            while time.monotonic() < deadline:
+                t = tokens[i % len(tokens)]
+                i += concurrency
+                started = time.perf_counter()
+                try:
+                    if baseline:
+                        s1, _ = await http.request("POST", "/echo", t.initiate_body)
+                        body = t.verify_body("sess_baseline", "123456")
+                        s2, d2 = await http.request("POST", "/echo", body)
+                        ok = s1 == 201 and s2 == 201
+                    else:
+                        s1, d1 = await http.request("POST", "/auth/initiate", t.initiate_body)
+                        if s1 != 201:
+                            counts["errors"] += 1
+                            if not first_error:
+                                first_error.append(f"initiate {s1} {d1[:200]!r}")
+                            continue
+                        r = json.loads(d1)
+                        body = t.verify_body(r["sessionId"], r["autoPassword"])
+                        s2, d2 = await http.request("POST", "/auth/verify", body)
+                        ok = s2 == 200
+                except HttpError as exc:
+                    counts["errors"] += 1
+                    if not first_error:
+                        first_error.append(str(exc))
+                    continue
+                if ok:
+                    counts["ok"] += 1
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    counts["errors"] += 1
+                    if not first_error:
+                        first_error.append(f"verify {s2} {d2[:200]!r}")
+        finally:
+            http.close()
+
+    meter = Meter(server_pid, self_cpu)
+    await asyncio.wait_for(
+        asyncio.gather(*(worker(w) for w in range(concurrency))), timeout=duration + 30
+    )
+    measured = meter.done()
+    result = RunResult.metered(
+        counts["ok"] / measured["elapsed"],
+        counts["errors"],
+        measured,
+        p50_ms=round(pct(latencies, 50) * 1000, 3) if latencies else None,
+        p99_ms=round(pct(latencies, 99) * 1000, 3) if latencies else None,
+    )
+    if first_error:
+        result.extra["first_error"] = first_error[0]
+    return result
+
+
+# ============================================================================ sockets
+@dataclass
+class Browser:
+    token: Token
+    session_id: str
+    otp: str
+    ws_token: str
+    ws: Any = None
+    error: str | None = None
+
+
+class SocketPool:
+    """Initiates sessions and opens their browser sockets (each gets ``otp_ready``)."""
+
+    def __init__(self, port: int, tokens: list[Token], start: int = 0) -> None:
+        self.port = port
+        self.tokens = tokens
+        self.next = start
+        self.browsers: list[Browser] = []
+        self.errors: dict[str, int] = {}
+
+    def _error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    async def initiate(self, n: int, concurrency: int) -> list[Browser]:
+        out: list[Browser] = []
+        todo = list(range(self.next, self.next + n))
+        self.next += n
+
+        async def worker() -> None:
+            http = await Http(self.port).open()
+            try:
+                while todo:
+                    t = self.tokens[todo.pop() % len(self.tokens)]
+                    try:
+                        status, data = await http.request("POST", "/auth/initiate", t.socket_body)
+                    except HttpError:
+                        self._error("initiate_connection")
+                        continue
+                    if status != 201:
+                        self._error(f"initiate_{status}")
+                        continue
+                    r = json.loads(data)
+                    out.append(Browser(t, r["sessionId"], r["autoPassword"], r["wsToken"]))
+            finally:
+                http.close()
+
+        await asyncio.wait_for(
+            asyncio.gather(*(worker() for _ in range(concurrency))), timeout=60 + n / 50
+        )
+        return out
+
+    async def connect(self, browsers: list[Browser], concurrency: int) -> int:
+        from websockets.asyncio.client import connect
+
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(b: Browser) -> None:
+            url = f"ws://127.0.0.1:{self.port}/ws/session/{b.session_id}?token={b.ws_token}"
+            async with sem:
+                try:
+                    b.ws = await connect(
+                        url,
+                        compression=None,
+                        proxy=None,
+                        open_timeout=15,
+                        ping_interval=None,
+                        close_timeout=2,
+                        max_queue=4,
+                    )
+                    first = json.loads(await asyncio.wait_for(b.ws.recv(), timeout=15))
+                    if first.get("type") != "otp_ready":
+                        b.error = f"first message {first.get('type')}"
+                except Exception as exc:  # noqa: BLE001 - every failure is counted
+                    b.error = type(exc).__name__
+            if b.error:
+                self._error(f"socket_{b.error}")
+            else:
+                self.browsers.append(b)
+
+        await asyncio.wait_for(
+            asyncio.gather(*(one(b) for b in browsers)), timeout=120 + len(browsers) / 20
+        )
+        return sum(1 for b in browsers if b.error is None)
+
+    def still_open(self) -> int:
+        from websockets.protocol import State
+
+        return sum(1 for b in self.browsers if b.ws is not None and b.ws.state is State.OPEN)
+
+    def abort_all(self) -> None:
+        for b in self.browsers:
+            if b.ws is not None:
+                with contextlib.suppress(Exception):
+                    b.ws.transport.abort()
+        self.browsers.clear()
+
+
+async def run_latency(
+    port: int, tokens: list[Token], plan: Plan, server_pid: int, offset: int
+) -> dict[str, Any]:
+    pool = SocketPool(port, tokens, start=offset)
+    measured_n = int(plan.latency_rate * plan.latency_seconds)
+    idle = await pool.initiate(plan.latency_idle, plan.open_concurrency)
+    opened_idle = await pool.connect(idle, plan.open_concurrency)
+    measured = await pool.initiate(measured_n, plan.open_concurrency)
+    await pool.connect(measured, plan.open_concurrency)
+    measured = [b for b in measured if b.error is None]
+    log(f"latency: {opened_idle} idle sockets + {len(measured)} measured sockets open")
+    await asyncio.sleep(1.0)
+
+    conns: asyncio.Queue[Http] = asyncio.Queue()
+    for _ in range(8):
+        conns.put_nowait(await Http(port).open())
+    e2e: list[float] = []
+    rtt: list[float] = []
+    errors: dict[str, int] = {}
+
+    def err(kind: str) -> None:
+        errors[kind] = errors.get(kind, 0) + 1
+
+    async def approve(b: Browser, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.perf_counter()))
+        got: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+        async def listen() -> None:
+            try:
+                msg = json.loads(await b.ws.recv())
+                got.set_result(time.perf_counter())
+                if msg.get("type") != "approved":
+                    err(f"socket_{msg.get('type')}")
+            except Exception as exc:  # noqa: BLE001
+                if not got.done():
+                    got.set_exception(exc)
+
+        listener = asyncio.create_task(listen())
+        body = b.token.verify_body(b.session_id, b.otp)
+        http = await conns.get()
+        t0 = time.perf_counter()
+        try:
+            status, _ = await http.request("POST", "/auth/verify", body)
+        finally:
+            conns.put_nowait(http)
+        t1 = time.perf_counter()
+        if status != 200:
+            err(f"verify_{status}")
+            listener.cancel()
+            return
+        try:
+            t2 = await asyncio.wait_for(got, timeout=5)
+        except Exception:  # noqa: BLE001
+            err("no_result")
+            return
+        rtt.append(t1 - t0)
+        e2e.append(t2 - t0)
+
+    meter = Meter(server_pid, self_cpu)
+    start = time.perf_counter() + 0.1
+    await asyncio.wait_for(
+        asyncio.gather(
+            *(approve(b, start + i / plan.latency_rate) for i, b in enumerate(measured))
+        ),
+        timeout=plan.latency_seconds + 30,
+    )
+    measured = meter.done()
+    idle_still_open = pool.still_open() - sum(
+        1 for b in measured if b.ws is not None and b.ws.state.name == "OPEN"
+    )
+    while not conns.empty():
+        conns.get_nowait().close()
+    pool.abort_all()
+    ms = [x * 1000 for x in e2e]
+    rtt_ms = [x * 1000 for x in rtt]
+    return {
+        "idle_sockets": opened_idle,
+        "idle_still_open": idle_still_open,
+        "rate_per_s": plan.latency_rate,
+        "approvals": len(ms),
+        "p50_ms": round(pct(ms, 50), 3) if ms else None,
+        "p90_ms": round(pct(ms, 90), 3) if ms else None,
+        "p99_ms": round(pct(ms, 99), 3) if ms else None,
+        "max_ms": round(max(ms), 3) if ms else None,
+        "verify_rtt_p50_ms": round(pct(rtt_ms, 50), 3) if rtt_ms else None,
+        "verify_rtt_p99_ms": round(pct(rtt_ms, 99), 3) if rtt_ms else None,
+        "server_cores": round(measured["server_cores"], 3),
+        "server_runqueue_wait": round(measured["server_wait"], 3),
+        "client_cores": round(measured["client_cores"], 3),
+        "errors": {**pool.errors, **errors},
+    }
+
+
+async def run_sockets(
+    port: int, tokens: list[Token], plan: Plan, server_pid: int, redis: Redis, offset: int
+) -> dict[str, Any]:
+    pool = SocketPool(port, tokens, start=offset)
+    # Warm the code paths (and the Redis pool) with a few sockets, then forget them.
+    warm = await pool.initiate(100, plan.open_concurrency)
+    await pool.connect(warm, plan.open_concurrency)
+    pool.abort_all()
+    await asyncio.sleep(1.0)
+
+    first = await pool.initiate(plan.memory_sockets, plan.open_concurrency)
+    await asyncio.sleep(1.0)
+    rss0 = rss_kib(server_pid)
+    t0 = time.monotonic()
+    opened = await pool.connect(first, plan.open_concurrency)
+    open_seconds = time.monotonic() - t0
+    await asyncio.sleep(2.0)
+    rss1 = rss_kib(server_pid)
+    clients = redis.clients()
+    log(
+        f"sockets: {opened} open, RSS {rss0} -> {rss1} KiB, "
+        f"redis connected_clients {clients['connected_clients']}"
+    )
+
+    more = await pool.initiate(plan.max_sockets - plan.memory_sockets, plan.open_concurrency)
+    await pool.connect(more, plan.open_concurrency)
+    log(f"sockets: {len(pool.browsers)} open, holding {plan.socket_hold:.0f} s")
+    await asyncio.sleep(plan.socket_hold)
+    rss2 = rss_kib(server_pid)
+    open_after_hold = pool.still_open()
+    clients_max = redis.clients()
+    # The server must still answer normal requests with every socket open.
+    http = await Http(port).open()
+    status, _ = await http.request("GET", "/.well-known/jwks.json")
+    http.close()
+    errors = dict(pool.errors)
+    lost = len(pool.browsers) - open_after_hold
+    if lost:
+        errors["closed_during_hold"] = lost
+    if status != 200:
+        errors[f"jwks_{status}"] = 1
+    pool.abort_all()
+    per_socket = (rss1 - rss0) / max(1, opened)
+    per_socket_max = (rss2 - rss0) / max(1, open_after_hold)
+    return {
+        "memory_sockets": opened,
+        "rss_before_kib": rss0,
+        "rss_at_memory_sockets_kib": rss1,
+        "kib_per_idle_socket": round(per_socket, 2),
+        "open_rate_per_s": round(opened / open_seconds, 1),
+        "redis": clients,
+        "max_sockets_target": plan.max_sockets,
+        "max_sockets_open": open_after_hold,
+        "rss_at_max_sockets_kib": rss2,
+        "kib_per_idle_socket_at_max": round(per_socket_max, 2),
+        "redis_at_max": clients_max,
+        "errors": errors,
+    }
+
+
+# ============================================================================ the run
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for mod in ("uvicorn", "starlette", "websockets", "redis", "uvloop", "httptools"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            versions[mod] = version(mod)
+    redis_v = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    return {
+        "nproc": cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "redis": redis_v,
+        "wrk": (wrk_v.stdout or wrk_v.stderr).splitlines()[0] if (wrk_v.stdout or wrk_v.stderr) else "",
+        "packages": versions,
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def check(name: str, value: float | None, target: float, higher: bool) -> dict[str, Any]:
+    ok = value is not None and value == value and (value >= target if higher else value <= target)
+    return {"target": name, "value": value, "goal": (">= " if higher else "<= ") + str(target),
+            "pass": bool(ok)}
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    plan = Plan.quick() if args.quick else Plan.full(args.rounds)
+    pin = Pinning.choose(not args.no_pin)
+    if pin.client:
+        os.sched_setaffinity(0, {int(c) for c in pin.client.split(",")})
+    machine = machine_info()
+    work = Path(tempfile.mkdtemp(prefix="idtoken-bench-"))
+    servers = Servers(work, pin)
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "machine": machine,
+        "plan": plan.__dict__,
+        "pinning": {"server_cores": pin.server, "client_cores": pin.client},
+    }
+    redis: Redis | None = None
+    try:
+        redis = Redis(work, pin.client)
+        issuer_key = ec.generate_private_key(ec.SECP256R1())
+        servers.config = write_config(work, redis.url, issuer_key)
+        (work / "bench_starlette.py").write_text(BASELINE_STARLETTE)
+        (work / "bench_raw_asgi.py").write_text(BASELINE_RAW)
+
+        op1, op1_port = servers.operator(1, pin.server)
+        log(f"operator (1 worker, cores {pin.server or 'all'}) on port {op1_port}, pid {op1.pid}")
+        t = time.monotonic()
+        tokens = await enroll_all(op1_port, plan.tokens, issuer_key)
+        results["enroll_seconds"] = round(time.monotonic() - t, 1)
+        log(f"enrolled {len(tokens)} tokens in {results['enroll_seconds']} s")
+
+        jwks_body = await _get(op1_port, "/.well-known/jwks.json")
+        (work / "jwks.json").write_bytes(jwks_body)
+        st, st_port = servers.baseline("bench_starlette", {}, "/echo")
+        raw, raw_port = servers.baseline(
+            "bench_raw_asgi", {"BENCH_RAW_BODY": str(work / "jwks.json")}, "/"
+        )
+        token_file = work / "tokens.txt"
+        token_file.write_text("\n".join(t.token_id for t in tokens) + "\n")
+        lua = {}
+        for name, path in (("operator", "/auth/initiate"), ("starlette", "/echo")):
+            lua[name] = work / f"initiate-{name}.lua"
+            lua[name].write_text(
+                WRK_INITIATE_LUA % {"tokens": token_file, "path": path, "service": SERVICE}
+            )
+
+        def wrk(port: int, path: str, pid: int, script: Path | None, cpus: str | None,
+                duration: float) -> RunResult:
+            return run_wrk(
+                f"http://127.0.0.1:{port}{path}",
+                duration=duration,
+                connections=plan.wrk_connections,
+                cpus=cpus,
+                server_pid=pid,
+                script=script,
+            )
+
+        measures: dict[str, Callable[[float], Awaitable[RunResult]]] = {}
+
+        async def initiate_op1(d: float) -> RunResult:
+            return wrk(op1_port, "/auth/initiate", op1.pid, lua["operator"], pin.client, d)
+
+        async def initiate_st(d: float) -> RunResult:
+            return wrk(st_port, "/echo", st.pid, lua["starlette"], pin.client, d)
+
+        async def login_op1(d: float) -> RunResult:
+            return await run_login(op1_port, tokens, duration=d,
+                                   concurrency=plan.login_concurrency, server_pid=op1.pid,
+                                   baseline=False)
+
+        async def login_st(d: float) -> RunResult:
+            return await run_login(st_port, tokens, duration=d,
+                                   concurrency=plan.login_concurrency, server_pid=st.pid,
+                                   baseline=True)
+
+        async def jwks_op1(d: float) -> RunResult:
+            return wrk(op1_port, "/.well-known/jwks.json", op1.pid, None, pin.client, d)
+
+        async def jwks_raw(d: float) -> RunResult:
+            return wrk(raw_port, "/", raw.pid, None, pin.client, d)
+
+        measures = {
+            "initiate.operator_1w": initiate_op1,
+            "initiate.starlette": initiate_st,
+            "login.operator_1w": login_op1,
+            "login.starlette": login_st,
+            "jwks.operator_1w": jwks_op1,
+            "jwks.raw_asgi": jwks_raw,
+        }
+        log("warm-up")
+        for fn in measures.values():
+            await fn(plan.warmup)
+
+        rounds: list[dict[str, Any]] = []
+        pairs = [
+            ("initiate.operator_1w", "initiate.starlette"),
+            ("login.operator_1w", "login.starlette"),
+            ("jwks.operator_1w", "jwks.raw_asgi"),
+        ]
+        for r in range(plan.rounds):
+            one: dict[str, Any] = {"loadavg": os.getloadavg()}
+            for a, b in pairs:
+                order = (a, b) if r % 2 == 0 else (b, a)  # alternate who goes first
+                for name in order:
+                    res = await measures[name](plan.duration)
+                    one[name] = res.as_json()
+                    log(f"round {r + 1}/{plan.rounds} {name}: {describe(res)}")
+            # Two workers, unpinned (both cores), started for this measurement only so that its
+            # idle event subscribers do not take CPU from the other runs.
+            op2, op2_port = servers.operator(2, pin.all)
+            wrk(op2_port, "/auth/initiate", op2.pid, lua["operator"], pin.all, plan.warmup)
+            res = wrk(op2_port, "/auth/initiate", op2.pid, lua["operator"], pin.all,
+                      plan.duration)
+            one["initiate.operator_2w"] = res.as_json()
+            log(f"round {r + 1}/{plan.rounds} initiate.operator_2w: {describe(res)}")
+            servers.stop(op2)
+            rounds.append(one)
+        results["rounds"] = rounds
+        servers.stop_all()
+
+        log("approve -> browser latency (fresh 1-worker operator)")
+        opl, opl_port = servers.operator(1, pin.server)
+        results["latency"] = await run_latency(opl_port, tokens, plan, opl.pid, offset=0)
+        servers.stop(opl)
+
+        log("idle sockets: memory, Redis clients, maximum (fresh 1-worker operator)")
+        opm, opm_port = servers.operator(1, pin.server)
+        results["sockets"] = await run_sockets(
+            opm_port, tokens, plan, opm.pid, redis, offset=plan.latency_idle * 2
+        )
+        results["operator_log_problems"] = _log_problems(opm.log_file)
+        servers.stop(opm)
+    finally:
+        servers.stop_all()
+        if redis is not None:
+            redis.proc.stop()
+        if args.keep_work:
+            log(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    summarize(results)
+    return results
+
+
+def describe(res: RunResult) -> str:
+    return (
+        f"{res.rps:.0f}/s, errors {res.errors}, server {res.server_cpu or 0:.2f} cores "
+        f"(+{res.server_wait or 0:.2f} waiting for a CPU), load generator "
+        f"{res.client_cpu or 0:.2f} cores"
+    )
+
+
+def _log_problems(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    bad = [ln for ln in lines if re.search(r"Traceback|\bERROR\b|\"level\": ?\"error\"", ln)]
+    return bad[:20]
+
+
+async def _get(port: int, path: str) -> bytes:
+    http = await Http(port).open()
+    try:
+        status, data = await http.request("GET", path)
+    finally:
+        http.close()
+    if status != 200:
+        raise RuntimeError(f"GET {path}: {status}")
+    return data
+
+
+def summarize(results: dict[str, Any]) -> None:
+    rounds = results.get("rounds", [])
+
+    def med(name: str) -> float:
+        return round(median([r[name]["per_s"] for r in rounds]), 1)
+
+    def med_ratio(a: str, b: str) -> float:
+        # Median of the per-round ratios: each ratio compares runs seconds apart.
+        return round(median([r[a]["per_s"] / r[b]["per_s"] for r in rounds]), 3)
+
+    m = {
+        name: med(name)
+        for name in (
+            "initiate.operator_1w",
+            "initiate.starlette",
+            "initiate.operator_2w",
+            "login.operator_1w",
+            "login.starlette",
+            "jwks.operator_1w",
+            "jwks.raw_asgi",
+        )
+    }
+    ratios = {
+        "initiate_vs_starlette": med_ratio("initiate.operator_1w", "initiate.starlette"),
+        "login_vs_starlette": med_ratio("login.operator_1w", "login.starlette"),
+        "jwks_vs_raw_asgi": med_ratio("jwks.operator_1w", "jwks.raw_asgi"),
+        "two_workers_vs_one": med_ratio("initiate.operator_2w", "initiate.operator_1w"),
+    }
+    def med_cpu_ratio(a: str, b: str) -> float | None:
+        vals = [
+            r[a]["per_server_cpu_s"] / r[b]["per_server_cpu_s"]
+            for r in rounds
+            if r[a]["per_server_cpu_s"] and r[b]["per_server_cpu_s"]
+        ]
+        return round(median(vals), 3) if vals else None
+
+    results["ratios_per_server_cpu"] = {
+        "initiate_vs_starlette": med_cpu_ratio("initiate.operator_1w", "initiate.starlette"),
+        "login_vs_starlette": med_cpu_ratio("login.operator_1w", "login.starlette"),
+        "jwks_vs_raw_asgi": med_cpu_ratio("jwks.operator_1w", "jwks.raw_asgi"),
+    }
+    results["server_cores_median"] = {
+        name: round(median([r[name]["server_cores"] for r in rounds]), 2) for name in m
+    }
+    results["server_wait_median"] = {
+        name: round(median([r[name]["server_runqueue_wait"] for r in rounds]), 2) for name in m
+    }
+    lat = results["latency"]
+    sock = results["sockets"]
+    errors = {
+        name: sum(r[name]["errors"] for r in rounds) for name in m
+    }
+    max_errors = sum(sock["errors"].values())
+    targets = [
+        check("initiate ≥ 0.40 × bare Starlette POST", ratios["initiate_vs_starlette"],
+              TARGETS["initiate_vs_starlette"], True),
+        check("full login ≥ 0.15 × bare Starlette POST", ratios["login_vs_starlette"],
+              TARGETS["login_vs_starlette"], True),
+        check("JWKS ≥ 0.70 × raw ASGI", ratios["jwks_vs_raw_asgi"],
+              TARGETS["jwks_vs_raw_asgi"], True),
+        check("2 workers ≥ 1.6 × 1 worker (initiate)", ratios["two_workers_vs_one"],
+              TARGETS["two_workers_vs_one"], True),
+        check("approve → browser p99 ≤ 10 ms", lat["p99_ms"], TARGETS["approve_p99_ms"], False),
+        check("≤ 32 KiB per idle socket", sock["kib_per_idle_socket"],
+              TARGETS["kib_per_idle_socket"], False),
+    ]
+    ok_max = sock["max_sockets_open"] >= sock["max_sockets_target"] and max_errors == 0
+    targets.append({
+        "target": f"{sock['max_sockets_target']} sockets on one worker without errors",
+        "value": sock["max_sockets_open"],
+        "goal": f"{sock['max_sockets_target']} open, 0 errors (errors: {max_errors})",
+        "pass": ok_max,
+    })
+    results["medians"] = m
+    results["ratios"] = ratios
+    results["errors_total"] = errors
+    results["targets"] = targets
+
+
+def print_table(results: dict[str, Any]) -> None:
+    m, r, rc = results["medians"], results["ratios"], results["ratios_per_server_cpu"]
+    cores, wait = results["server_cores_median"], results["server_wait_median"]
+    lat, sock = results["latency"], results["sockets"]
+    errs = results["errors_total"]
+    marks = {t["target"]: "pass" if t["pass"] else "MISS" for t in results["targets"]}
+    names = [t["target"] for t in results["targets"]]
+
+    def num(name: str) -> str:
+        return f"{m[name]:.0f}" + (f" ({errs[name]} err)" if errs.get(name) else "")
+
+    def c(name: str) -> str:
+        return f"{cores[name]:.2f}+{wait[name]:.2f}"
+
+    print()
+    print(
+        f"IDToken Operator benchmark: {results['mode']} run, medians of "
+        f"{len(results['rounds'])} interleaved round(s)"
+    )
+    head = ("throughput, 1 worker pinned", "operator", "baseline", "ratio", "target", "",
+            "ratio/CPU", "server cores")
+    rows = [
+        ("initiate/s vs bare Starlette POST", num("initiate.operator_1w"),
+         num("initiate.starlette"), f"{r['initiate_vs_starlette']:.3f}", "≥ 0.40",
+         marks[names[0]], f"{rc['initiate_vs_starlette']}",
+         f"{c('initiate.operator_1w')} / {c('initiate.starlette')}"),
+        ("full logins/s vs Starlette 2-POST loop", num("login.operator_1w"),
+         num("login.starlette"), f"{r['login_vs_starlette']:.3f}", "≥ 0.15",
+         marks[names[1]], f"{rc['login_vs_starlette']}",
+         f"{c('login.operator_1w')} / {c('login.starlette')}"),
+        ("JWKS GET/s vs raw ASGI GET", num("jwks.operator_1w"), num("jwks.raw_asgi"),
+         f"{r['jwks_vs_raw_asgi']:.3f}", "≥ 0.70", marks[names[2]],
+         f"{rc['jwks_vs_raw_asgi']}", f"{c('jwks.operator_1w')} / {c('jwks.raw_asgi')}"),
+        ("initiate/s 2 workers (unpinned) vs 1", num("initiate.operator_2w"),
+         num("initiate.operator_1w"), f"{r['two_workers_vs_one']:.3f}", "≥ 1.6",
+         marks[names[3]], "", f"{c('initiate.operator_2w')} / {c('initiate.operator_1w')}"),
+    ]
+    widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(len(head))]
+    for row in [head, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    print("  (server cores: CPU used + time runnable but waiting for a CPU, in cores;"
+          " ratio/CPU: requests per server CPU-second)")
+    print()
+    rows2 = [
+        (f"approve → browser p50 / p99 ms at {lat['rate_per_s']:.0f}/s, "
+         f"{lat['idle_sockets']} idle sockets",
+         f"{lat['p50_ms']} / {lat['p99_ms']}", "p99 ≤ 10 ms", marks[names[4]]),
+        ("  POST /auth/verify round trip p50 / p99 ms",
+         f"{lat['verify_rtt_p50_ms']} / {lat['verify_rtt_p99_ms']}", "", ""),
+        (f"server memory per idle socket at {sock['memory_sockets']} sockets",
+         f"{sock['kib_per_idle_socket']:.1f} KiB", "≤ 32 KiB", marks[names[5]]),
+        (f"Redis connected_clients at {sock['memory_sockets']} sockets",
+         f"{sock['redis']['connected_clients']} ({sock['redis']['subscribers']} subscriber)",
+         "", ""),
+        (f"sockets open on one worker, errors",
+         f"{sock['max_sockets_open']}, {sum(sock['errors'].values())}",
+         f"{sock['max_sockets_target']}, 0", marks[names[6]]),
+        (f"  memory per socket at {sock['max_sockets_open']} sockets",
+         f"{sock['kib_per_idle_socket_at_max']:.1f} KiB", "", ""),
+    ]
+    w0 = max(len(x[0]) for x in rows2)
+    w1 = max(len(x[1]) for x in rows2)
+    w2 = max(len(x[2]) for x in rows2)
+    print(f"{'sockets, 1 worker pinned'.ljust(w0)}  {'value'.ljust(w1)}  {'target'.ljust(w2)}")
+    for a_, b_, c_, d_ in rows2:
+        print(f"{a_.ljust(w0)}  {b_.ljust(w1)}  {c_.ljust(w2)}  {d_}".rstrip())
+    print()
+    missed = [t["target"] for t in results["targets"] if not t["pass"]]
+    print(f"targets: {len(results['targets']) - len(missed)} pass, {len(missed)} MISS"
+          + (": " + "; ".join(missed) if missed else ""))
+    ml = results["machine"]
+    print(f"nproc {ml['nproc']}, Python {ml['python']}, load average "
+          f"{ml['loadavg_start'][0]:.2f} → {ml['loadavg_end'][0]:.2f}, "
+          f"elapsed {results['elapsed_seconds']:.0f} s")
+
+
+# ============================================================================ profiling
+def profile_summary(raw: Path, top: int = 30) -> str:
+    """Inclusive and self percentages per function from py-spy's collapsed stacks."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";") if f]
+        # Drop the "process" pseudo-frame py-spy may put first.
+        frames = [f for f in frames if not f.startswith("process ")]
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + n
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total:
+        return "no samples\n"
+    out = [f"{total} samples (on-CPU only)", "", "inclusive %  function"]
+    for f, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"{100 * n / total:10.1f}  {f}")
+    out += ["", "self %      function"]
+    for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"{100 * n / total:10.1f}  {f}")
+    return "\n".join(out) + "\n"
+
+
+async def profile(args: argparse.Namespace) -> int:
+    """py-spy on a 1-worker operator under each load; writes collapsed stacks and summaries."""
+    pyspy = shutil.which("py-spy", path=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
+    if pyspy is None:
+        print("py-spy is needed: .venv/bin/pip install py-spy", file=sys.stderr)
+        return 2
+    plan = Plan.full(1)
+    pin = Pinning.choose(not args.no_pin)
+    if pin.client:
+        os.sched_setaffinity(0, {int(c) for c in pin.client.split(",")})
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(args.out) / f"profile-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="idtoken-bench-"))
+    servers = Servers(work, pin)
+    redis: Redis | None = None
+    seconds = args.profile_seconds
+    try:
+        redis = Redis(work, pin.client)
+        issuer_key = ec.generate_private_key(ec.SECP256R1())
+        servers.config = write_config(work, redis.url, issuer_key)
+        op, port = servers.operator(1, pin.server)
+        tokens = await enroll_all(port, plan.tokens, issuer_key)
+        token_file = work / "tokens.txt"
+        token_file.write_text("\n".join(t.token_id for t in tokens) + "\n")
+        script = work / "initiate.lua"
+        script.write_text(
+            WRK_INITIATE_LUA % {"tokens": token_file, "path": "/auth/initiate", "service": SERVICE}
+        )
+
+        async def initiate(d: float) -> Any:
+            return run_wrk(f"http://127.0.0.1:{port}/auth/initiate", duration=d,
+                           connections=plan.wrk_connections, cpus=pin.client,
+                           server_pid=op.pid, script=script)
+
+        async def login(d: float) -> Any:
+            return await run_login(port, tokens, duration=d, concurrency=plan.login_concurrency,
+                                   server_pid=op.pid, baseline=False)
+
+        async def jwks(d: float) -> Any:
+            return run_wrk(f"http://127.0.0.1:{port}/.well-known/jwks.json", duration=d,
+                           connections=plan.wrk_connections, cpus=pin.client, server_pid=op.pid)
+
+        async def sockets(d: float) -> Any:
+            pool = SocketPool(port, tokens, start=0)
+            deadline = time.monotonic() + d
+            opened = 0
+            while time.monotonic() < deadline:
+                batch = await pool.initiate(200, plan.open_concurrency)
+                opened += await pool.connect(batch, plan.open_concurrency)
+            pool.abort_all()
+            return f"{opened} sockets opened"
+
+        for name, fn in (("initiate", initiate), ("login", login), ("jwks", jwks),
+                         ("sockets", sockets)):
+            await fn(1.0)  # warm
+            raw = out / f"{name}.collapsed.txt"
+            spy = subprocess.Popen(
+                [*Pinning.prefix(pin.client), pyspy, "record", "--pid", str(op.pid),
+                 "--duration", str(int(seconds) + 1), "--rate", "250",
+                 "--format", "raw", "--output", str(raw)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            await asyncio.sleep(0.5)
+            res = await fn(seconds)
+            spy.wait(timeout=seconds + 30)
+            text = profile_summary(raw) if raw.exists() else "py-spy wrote nothing\n"
+            (out / f"{name}.summary.txt").write_text(f"{name}: {res}\n\n{text}")
+            log(f"profile {name}: {res}")
+            print(f"== {name}\n" + "\n".join(text.splitlines()[:28]) + "\n")
+    finally:
+        servers.stop_all()
+        if redis is not None:
+            redis.proc.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"profiles: {out}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 short round, fewer sockets")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument("--out", default=str(REPO / "bench-results"), help="results directory")
+    parser.add_argument("--keep-work", action="store_true", help="keep the temp directory")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of measuring: py-spy profiles of a 1-worker operator under each load",
+    )
+    parser.add_argument("--profile-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    for tool in ("wrk", "redis-server"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is required (scripts/bench installs it)", file=sys.stderr)
+            return 2
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if args.profile:
+        return asyncio.run(profile(args))
+    results = asyncio.run(bench(args))
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    results["timestamp"] = stamp
+    results["command"] = "scripts/bench " + " ".join(sys.argv[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=2, default=str) + "\n"
+    (out / f"bench-{stamp}.json").write_text(text)
+    (out / "latest.json").write_text(text)
+    print_table(results)
+    print(f"results: {out / f'bench-{stamp}.json'} (also {out / 'latest.json'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
