@@ -7,14 +7,16 @@ session is stored, so no push can follow and no JWT can ever be issued for it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
+import contextlib
 import datetime
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,14 @@ from idtoken.app import create_app
 from idtoken.client import Device, Initiation, RelyingParty, ResultError
 from idtoken.clock import ManualClock
 from idtoken.settings import load_settings, secret_digest
-from support import DEFAULT_SERVICE, OperatorConfig, RedisServer, free_port, serve_in_process
+from support import (
+    DEFAULT_SERVICE,
+    Issuer,
+    OperatorConfig,
+    RedisServer,
+    free_port,
+    serve_in_process,
+)
 
 SESSION_ID = re.compile(r"\Asess_[A-Za-z0-9_-]{22,}\Z")
 WS_TOKEN = re.compile(r"\A[A-Za-z0-9_-]{22,}\Z")
@@ -54,6 +63,25 @@ SHOP2: dict[str, Any] = {
     "audience": "shop2-audience",
 }
 SLOW: dict[str, Any] = {**DEFAULT_SERVICE, "id": "slow", "name": "Slow", "session_ttl": 300}
+
+
+# One integration-server key for the module: an RSA key per test costs more than the test.
+ISSUER = Issuer()
+
+
+@pytest.fixture
+def make_operator(make_operator: OperatorFactory) -> OperatorFactory:
+    def factory(**config: Any) -> contextlib.AbstractAsyncContextManager[Operator]:
+        config.setdefault("issuers", [ISSUER])
+        return make_operator(**config)
+
+    return factory
+
+
+@pytest.fixture
+async def operator(make_operator: OperatorFactory, redis_url: str) -> AsyncIterator[Operator]:
+    async with make_operator() as op:
+        yield op
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -99,13 +127,13 @@ def parse_iso_z(value: str) -> float:
 
 async def initiate(
     op: Operator,
-    token_id: str = "user-1",
+    subject: str = "user-1",
     service_id: str = "shop",
     *,
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> httpx.Response:
-    body: dict[str, Any] = {"tokenId": token_id, "serviceId": service_id, **extra}
+    body: dict[str, Any] = {"tokenId": subject, "serviceId": service_id, **extra}
     return await op.http.post("/auth/initiate", json=body, headers=headers or {})
 
 
@@ -258,14 +286,12 @@ async def test_default_scopes_apply_when_scopes_are_omitted_or_empty(
     operator: Operator, scopes: list[str] | None
 ) -> None:
     device = await operator.enrolled("user-1", given_name="Marie", family_name="Dupont")
-    extra = {} if scopes is None else {"scopes": scopes}
+    extra: dict[str, Any] = {} if scopes is None else {"scopes": scopes}
     start = started(await initiate(operator, nonce="n-default", **extra))
     (pending,) = await device.pending()
     assert pending["sessionId"] == start.session_id
     assert pending["scopes"] == ["identity:name"]
-    claims = await approve_and_read_jwt(
-        operator, device, start, ["identity:name"], operator.rp()
-    )
+    claims = await approve_and_read_jwt(operator, device, start, ["identity:name"], operator.rp())
     assert claims["scope"] == "identity:name"
     assert claims["idtoken"] == {"tokenId": "user-1", "givenName": "Marie", "familyName": "Dupont"}
 
@@ -367,11 +393,31 @@ async def test_confidential_service_refuses_bad_client_authentication(
         await op.enrolled("user-1")
         headers = {} if authorization is None else {"Authorization": authorization}
         resp = await initiate(op, service_id="bank", headers=headers)
-        assert_error(resp, 401, "invalid_client", never=[CLIENT_SECRET, BANK["client_secret_sha256"]])
+        assert_error(
+            resp, 401, "invalid_client", never=[CLIENT_SECRET, BANK["client_secret_sha256"]]
+        )
         challenge = resp.headers.get("www-authenticate", "")
         assert challenge.lower().startswith("bearer"), challenge
         assert CLIENT_SECRET not in challenge
         assert session_keys(redis_srv) == []
+
+
+async def test_client_authentication_comes_before_token_lookup_and_pending_cap(
+    make_operator: OperatorFactory, redis_url: str, redis_srv: RedisServer
+) -> None:
+    """An unauthenticated caller learns nothing: not whether a token exists, not its cap."""
+    good = {"Authorization": f"Bearer {CLIENT_SECRET}"}
+    bad = {"Authorization": "Bearer not-the-secret"}
+    async with make_operator(services=[DEFAULT_SERVICE, BANK]) as op:
+        await op.enrolled("user-1")
+        assert_error(await initiate(op, "ghost", "bank", headers=bad), 401, "invalid_client")
+        assert_error(await initiate(op, "ghost", "bank"), 401, "invalid_client")
+        assert_error(await initiate(op, "ghost", "bank", headers=good), 404, "unknown_token")
+        for _ in range(3):
+            started(await initiate(op, service_id="bank", headers=good))
+        assert_error(await initiate(op, service_id="bank", headers=good), 429, "too_many_requests")
+        assert_error(await initiate(op, service_id="bank", headers=bad), 401, "invalid_client")
+        assert len(session_hashes(redis_srv)) == 3
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer"])
@@ -424,6 +470,14 @@ async def test_unknown_token_is_404_and_stores_nothing(
     assert session_keys(redis_srv) == []
 
 
+async def test_token_id_length_boundary(operator: Operator, redis_srv: RedisServer) -> None:
+    # 128 characters is a well-formed id (so: unknown token); 129 is malformed.
+    assert_error(await initiate(operator, "a" * 128), 404, "unknown_token")
+    assert_error(await initiate(operator, "a" * 129), 400, "invalid_request")
+    assert_error(await initiate(operator, ""), 400, "invalid_request")
+    assert session_keys(redis_srv) == []
+
+
 async def test_revoked_token_is_403_and_stores_nothing(
     operator: Operator, redis_srv: RedisServer
 ) -> None:
@@ -450,9 +504,7 @@ async def test_revoked_token_is_403_and_stores_nothing(
         pytest.param("\u00e9" * 128, id="128-non-ascii"),
     ],
 )
-async def test_nonce_up_to_128_chars_is_copied_into_the_jwt(
-    operator: Operator, nonce: str
-) -> None:
+async def test_nonce_up_to_128_chars_is_copied_into_the_jwt(operator: Operator, nonce: str) -> None:
     assert len(nonce) <= 128
     device = await operator.enrolled("user-1")
     start = started(await initiate(operator, scopes=["identity:name"], nonce=nonce))
@@ -519,6 +571,26 @@ async def test_p01_fourth_pending_session_is_429_with_retry_after(
         assert_error(await initiate(op), 429, "too_many_requests")
 
 
+@pytest.mark.parametrize("store", ["redis", "memory"])
+async def test_p01_concurrent_initiates_create_exactly_the_cap(
+    make_operator: OperatorFactory, redis_url: str, redis_srv: RedisServer, store: str
+) -> None:
+    async with make_operator(store=store, services=[DEFAULT_SERVICE, SHOP2]) as op:
+        device = await op.enrolled("user-1")
+        responses = await asyncio.gather(
+            *(initiate(op, service_id=("shop", "shop2")[i % 2]) for i in range(20))
+        )
+        codes = collections.Counter(r.status_code for r in responses)
+        assert codes == {201: 3, 429: 17}
+        for resp in responses:
+            if resp.status_code == 429:
+                assert_error(resp, 429, "too_many_requests")
+                retry_after(resp)
+        assert len(await device.pending()) == 3
+        if store == "redis":
+            assert len(session_hashes(redis_srv)) == 3
+
+
 async def test_p01_pending_cap_is_per_token_across_services(
     make_operator: OperatorFactory, redis_url: str, redis_srv: RedisServer
 ) -> None:
@@ -545,7 +617,9 @@ async def test_p01_pending_cap_is_per_token_across_services(
 async def test_store_down_is_503_with_retry_after_and_well_known_still_served(
     tmp_path: Path,
 ) -> None:
-    cfg = OperatorConfig(tmp_path / "x", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    cfg = OperatorConfig(
+        tmp_path / "x", redis_url=f"redis://127.0.0.1:{free_port()}/0", issuers=[ISSUER]
+    )
     settings = load_settings(cfg.write())
     app = create_app(settings)
     began = time.monotonic()
@@ -571,6 +645,41 @@ async def test_store_down_is_503_with_retry_after_and_well_known_still_served(
         # Validation still comes first: a malformed request is 400, not 503.
         bad = await http.post("/auth/initiate", json={"tokenId": "a|b", "serviceId": "shop"})
         assert_error(bad, 400, "invalid_request")
+        # The phone's endpoints answer the same way while the store is down.
+        phone = Device(http, device_id="device-1")
+        ts = int(time.time() * 1000)
+        sid = "sess_" + "A" * 22
+        otp = "123456"
+        mobile = {
+            "/auth/pending": {
+                "tokenId": "user-1",
+                "timestamp": ts,
+                "signature": phone.sign(f"user-1|pending|{ts}"),
+            },
+            "/auth/reject": {
+                "sessionId": sid,
+                "tokenId": "user-1",
+                "timestamp": ts,
+                "reason": "user_rejected",
+                "signature": phone.sign(f"{sid}|reject|{ts}"),
+            },
+            "/auth/verify": {
+                "sessionId": sid,
+                "tokenId": "user-1",
+                "otp": otp,
+                "grantedScopes": ["identity:name"],
+                "timestamp": ts,
+                "credential": "e30.e30.c2ln",
+                "signature": phone.sign(f"{sid}|{otp}|{ts}|identity:name"),
+            },
+            "/enroll": phone.enroll_body(cfg.issuers[0].mint("user-1")),
+        }
+        for path, body in mobile.items():
+            t0 = time.monotonic()
+            resp = await http.post(path, json=body)
+            assert time.monotonic() - t0 < 5, path
+            assert_error(resp, 503, "temporarily_unavailable", never=[otp])
+            retry_after(resp)
 
 
 # ----------------------------------------------------------------------------- embedded store

@@ -286,6 +286,22 @@ def replace_value(body: dict[str, Any], field: str, raw: bytes) -> bytes:
     return text.replace(f'"{placeholder}"'.encode(), raw)
 
 
+async def test_the_store_snapshot_notices_what_a_refusal_must_not_do(world: World) -> None:
+    """The harness has teeth: a counted failure and a new session both change the snapshot."""
+    before = await world.snapshot()
+    assert any(b":device" in key for key in before[0])
+    assert any(world.session.session_id.encode() in key for key in before[0])
+    otp = world.session.auto_password
+    wrong = f"{(int(otp) + 1) % 1_000_000:06d}"
+    body = world.device.verify_body(world.session.session_id, wrong, ["identity:name"])
+    assert_error(await world.post_json(VERIFY, body), 400, ["invalid_otp"])
+    after_failure = await world.snapshot()
+    assert after_failure != before
+    assert (await world.post_json(INITIATE, world.valid(INITIATE))).status_code == 201
+    after_initiate = await world.snapshot()
+    assert after_initiate[1] > after_failure[1]
+
+
 # ----------------------------------------------------------------------------- M01: size
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 async def test_m01_one_megabyte_body_with_length_is_413(world: World, endpoint: str) -> None:
@@ -633,7 +649,7 @@ BAD_PEM: list[tuple[str, Mutation]] = [
 
 def _push(**changes: Any) -> Mutation:
     def mutate(v: dict[str, Any]) -> dict[str, Any]:
-        out = json.loads(json.dumps(v))
+        out: dict[str, Any] = json.loads(json.dumps(v))
         for key, value in changes.items():
             if key.startswith("keys."):
                 if value is None:
@@ -713,7 +729,13 @@ FIELDS: dict[str, dict[str, str]] = {
 OPTIONAL = {"scopes", "nonce", "pushSubscription"}
 
 FIELD_CASES = [
-    pytest.param(endpoint, field, mutate, CODES.get(kind, ["invalid_request"]), id=f"{endpoint}-{field}-{name}")
+    pytest.param(
+        endpoint,
+        field,
+        mutate,
+        CODES.get(kind, ["invalid_request"]),
+        id=f"{endpoint}-{field}-{name}",
+    )
     for endpoint, fields in FIELDS.items()
     for field, kind in fields.items()
     for name, mutate in KINDS[kind]
@@ -768,9 +790,7 @@ EXTRA_FIELDS = [
 
 @pytest.mark.parametrize("extra", EXTRA_FIELDS)
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
-async def test_m06_unknown_field_is_400(
-    world: World, endpoint: str, extra: dict[str, Any]
-) -> None:
+async def test_m06_unknown_field_is_400(world: World, endpoint: str, extra: dict[str, Any]) -> None:
     body = {**world.valid(endpoint), **extra}
     resp_body = await refused(
         world, endpoint, lambda: world.post_json(endpoint, body), 400, ["invalid_request"]
