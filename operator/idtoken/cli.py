@@ -170,6 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Fail here, with a clear message, rather than inside a worker.
     _build(settings)
     os.environ[ENV_CONFIG] = str(path.resolve())
+    os.environ["IDTOKEN_LOG_LEVEL"] = args.log_level.upper()  # read by every worker
     if args.workers > 1:
         _prepare_multiprocess_metrics()
     logs.configure(args.log_level.upper())

@@ -58,6 +58,7 @@ def discovery_document(settings: Settings, vapid_public_key: str) -> bytes:
         "auth_reject_endpoint": f"{base}/auth/reject",
         "auth_pending_endpoint": f"{base}/auth/pending",
         "enrollment_endpoint": f"{base}/enroll",
+        "device_subscription_endpoint": f"{base}/device/subscription",
         "session_websocket_endpoint": f"{ws_base}/ws/session/{{sessionId}}",
         "push_vapid_public_key": vapid_public_key,
         "device_signing_alg_values_supported": ["ES256"],

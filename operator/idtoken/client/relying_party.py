@@ -161,6 +161,8 @@ class RelyingParty:
                     if kind == "otp_ready":
                         continue
                     if kind == "approved":
+                        if message.get("random") != initiation.random:
+                            raise ResultError("bad_random", "not the result of this initiation")
                         if not self.hash_ok(initiation, message):
                             raise ResultError("bad_hash", "the result hash does not match")
                         return dict(message)
@@ -212,7 +214,9 @@ class RelyingParty:
     async def login(
         self, token_id: str, scopes: list[str] | None = None, *, timeout: float = 120.0
     ) -> tuple[Initiation, dict[str, Any]]:
-        """Initiate and wait; the caller shows ``autoPassword`` meanwhile."""
+        """Initiate, wait for the result and verify it, for callers with no code to show (a
+        user interface calls :meth:`initiate`, shows ``autoPassword``, then
+        :meth:`wait_result` and :meth:`verify_jwt`)."""
         initiation = await self.initiate(token_id, scopes)
         message = await self.wait_result(initiation, timeout=timeout)
         claims = await self.verify_jwt(message["jwt"], session_id=initiation.session_id)

@@ -309,7 +309,7 @@ def _load_all(keys_dir: Path) -> list[SigningKey]:
 
 def _read_meta(path: Path) -> dict[str, float]:
     if not path.exists():
-        # A key without metadata (copied in by hand, or made by `keys generate`) signs at once.
+        # A key without metadata (copied in by hand, or made by an older version) signs at once.
         return {}
     try:
         raw = json.loads(path.read_text())
