@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from idtoken.api import health, mobile, rp, wellknown, ws
+from idtoken.api import health, mobile, openapi, rp, wellknown, ws
 from idtoken.api.responses import EXCEPTION_HANDLERS
 from idtoken.api.runtime import Runtime
 from idtoken.clock import Clock, SystemClock
@@ -127,6 +127,7 @@ def create_app(
         Route("/healthz", health.healthz, methods=["GET", "HEAD"]),
         Route("/readyz", health.readyz, methods=["GET", "HEAD"]),
         Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
     ]
     if settings.demo.enabled:
         # Development only: the demo pages and the demo issuer's token minting.
