@@ -13,9 +13,10 @@ import contextlib
 import copy
 import datetime
 import functools
+import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,7 +215,7 @@ class JwksServer:
     """
 
     def __init__(self) -> None:
-        self.keys: list[dict[str, Any]] = []
+        self.keys: list[Any] = []  # JWKs, or deliberately anything else
         self.mode = "ok"
         self.redirect_to = ""
         self.requests = 0
@@ -363,6 +364,35 @@ async def credential_claims(op: Operator, credential: str) -> dict[str, Any]:
     return dict(token.claims)
 
 
+class RefusalLog(logging.Handler):
+    """Collects the logged reason (``detail``) of every refused request."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.details: list[str | None] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "request refused":
+            self.details.append(getattr(record, "detail", None))
+
+    def last(self) -> str | None:
+        return self.details[-1] if self.details else None
+
+
+@pytest.fixture
+def refusals() -> Iterator[RefusalLog]:
+    handler = RefusalLog()
+    logger = logging.getLogger("idtoken.http")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def assert_refused(resp: httpx.Response, label: object = "") -> None:
     assert resp.status_code == 401, (label, resp.status_code, resp.text)
     assert resp.json()["error"] == "invalid_enrollment_token", label
@@ -453,7 +483,7 @@ async def test_trust_level_2_from_verified_scan_and_chip_data_wins(kyc: Kyc) -> 
         assert (claims["trustLevel"], claims["documentNumber"]) == (2, "SCAN0001")
 
 
-def _edit(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def _edit(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
     payload = enrollment_payload()
     change(payload)
     return payload
@@ -490,36 +520,51 @@ def _expired(payload: dict[str, Any]) -> None:
     document(payload)["reading"]["data"]["mrz"]["dateOfExpiry"] = "200101"
 
 
-REFUSED_PAYLOADS: dict[str, Callable[[], dict[str, Any]]] = {
-    "face session payload": _face_session,
-    "face.match false": lambda: _edit(_set(("face", "match"), False)),
-    "face missing": lambda: _edit(lambda p: document(p).pop("face")),
-    "face.match 'true' (a string)": lambda: _edit(_set(("face", "match"), "true")),
-    "mrzVerified false, no chip": lambda: _edit(
-        _without_chip_and(_set(("scan", "front", "mrzVerified"), False))
+# label -> (payload, the reason the operator logs)
+REFUSED_PAYLOADS: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
+    "face session payload": (_face_session, "kyc_face_session_cannot_enroll"),
+    "face.match false": (lambda: _edit(_set(("face", "match"), False)), "kyc_no_face_match"),
+    "face missing": (lambda: _edit(lambda p: document(p).pop("face")), "kyc_no_face_match"),
+    "face.match 'true' (a string)": (
+        lambda: _edit(_set(("face", "match"), "true")),
+        "kyc_no_face_match",
     ),
-    "chip check false and mrzVerified false": lambda: _edit(
-        lambda p: (
-            _set(("reading", "data", "validity", "sodSignerSucceeded"), False)(p),
-            _set(("scan", "front", "mrzVerified"), False)(p),
-        )
+    "mrzVerified false, no chip": (
+        lambda: _edit(_without_chip_and(_set(("scan", "front", "mrzVerified"), False))),
+        "kyc_document_not_verified",
     ),
-    "document expired": lambda: _edit(_expired),
-    "no documents": lambda: _edit(lambda p: p["data"].update(documents=[])),
-    "malformed date of birth": lambda: _edit(
-        lambda p: (
-            _set(("reading", "data", "mrz", "dateOfBirth"), "80<<<<")(p),
-            _set(("scan", "front", "dateOfBirth"), "80<<<<")(p),
-        )
+    "chip check false and mrzVerified false": (
+        lambda: _edit(
+            lambda p: (
+                _set(("reading", "data", "validity", "sodSignerSucceeded"), False)(p),
+                _set(("scan", "front", "mrzVerified"), False)(p),
+            )
+        ),
+        "kyc_document_not_verified",
+    ),
+    "document expired": (lambda: _edit(_expired), "document_expired"),
+    "no documents": (
+        lambda: _edit(lambda p: p["data"].update(documents=[])),
+        "kyc_no_documents",
+    ),
+    "malformed date of birth": (
+        lambda: _edit(
+            lambda p: (
+                _set(("reading", "data", "mrz", "dateOfBirth"), "80<<<<")(p),
+                _set(("scan", "front", "dateOfBirth"), "80<<<<")(p),
+            )
+        ),
+        "kyc_bad_dateOfBirth",
     ),
 }
 
 
-async def test_insufficient_or_wrong_evidence_is_refused(kyc: Kyc) -> None:
+async def test_insufficient_or_wrong_evidence_is_refused(kyc: Kyc, refusals: RefusalLog) -> None:
     async with kyc.operator() as op:
-        for i, (label, build) in enumerate(REFUSED_PAYLOADS.items()):
+        for i, (label, (build, reason)) in enumerate(REFUSED_PAYLOADS.items()):
             resp = await enroll(op, kyc_token(build(), rsa_key("a")), f"phone-{i}")
             assert_refused(resp, label)
+            assert refusals.last() == reason, label
 
 
 async def test_configured_trust_level_3_refuses_a_scan_only_enrollment(kyc: Kyc) -> None:
@@ -531,25 +576,28 @@ async def test_configured_trust_level_3_refuses_a_scan_only_enrollment(kyc: Kyc)
         assert resp.status_code == 201, resp.text
 
 
-async def test_token_claims_are_checked(kyc: Kyc) -> None:
+async def test_token_claims_are_checked(kyc: Kyc, refusals: RefusalLog) -> None:
     async with kyc.operator() as op:
         now = int(time.time())
         cases: dict[str, dict[str, Any]] = {
-            "wrong aud": {"aud": "client_id"},
+            "wrong_aud": {"aud": "client_id"},
             "expired": {"iat": now - 400, "exp": now - 100},
-            "lifetime over the cap": {"iat": now, "exp": now + 3600},
-            "nbf in the future": {"nbf": now + 600},
-            "iat in the future": {"iat": now + 600, "exp": now + 700},
+            "lifetime_too_long": {"iat": now, "exp": now + 3600},
+            "not_yet_valid": {"nbf": now + 600},
+            "issued_in_future": {"iat": now + 600, "exp": now + 700},
         }
-        for i, (label, changes) in enumerate(cases.items()):
+        for i, (reason, changes) in enumerate(cases.items()):
             payload = {**enrollment_payload(), **changes}
-            assert_refused(await enroll(op, kyc_token(payload, rsa_key("a")), f"p-{i}"), label)
+            assert_refused(await enroll(op, kyc_token(payload, rsa_key("a")), f"p-{i}"), reason)
+            assert refusals.last() == reason
         for i, claim in enumerate(("exp", "jti", "aud")):
             payload = enrollment_payload()
             del payload[claim]
             assert_refused(await enroll(op, kyc_token(payload, rsa_key("a")), f"q-{i}"), claim)
+            assert refusals.last() == f"missing_{claim}"
         # Signed by another key under the provider's kid.
         assert_refused(await enroll(op, seed_token(key="b"), "r-1"), "bad signature")
+        assert refusals.last() == "bad_signature"
         # Single use: the same result cannot enroll a second device.
         token = seed_token()
         assert (await enroll(op, token, "s-1")).status_code == 201
@@ -606,7 +654,9 @@ async def test_key_rotation_is_picked_up_with_one_fetch(kyc: Kyc) -> None:
         assert kyc.server.requests == 3
 
 
-async def test_a_flood_of_unknown_and_odd_kids_costs_one_fetch(kyc: Kyc) -> None:
+async def test_a_flood_of_unknown_and_odd_kids_costs_one_fetch(
+    kyc: Kyc, refusals: RefusalLog
+) -> None:
     odd_kids: list[Any] = [
         "../../../../etc/passwd",
         "' OR '1'='1' --",
@@ -616,21 +666,21 @@ async def test_a_flood_of_unknown_and_odd_kids_costs_one_fetch(kyc: Kyc) -> None
         5,
         ["kyc-1"],
         {"kid": "kyc-1"},
-        None,
         "kyc-1 ",
         "KYC-1",
         "https://attacker.example/jwks.json",
     ]
     async with kyc.operator() as op:
         started = time.monotonic()
+        # A small payload, so that the 10 KB kid still fits the 16 KiB token limit.
+        small = {"iss": KYC_ISSUER, "aud": KYC_AUDIENCE, "exp": int(time.time()) + 60}
         for i, kid in enumerate(odd_kids):
-            hdr_kid = "kyc-1" if kid is None else kid
-            token = sign_jws({"alg": "RS256", "kid": hdr_kid}, enrollment_payload(), rsa_key("a"))
-            if kid is None:
-                token = kyc_token(enrollment_payload(), rsa_key("a"), kid=None)
+            token = sign_jws({"alg": "RS256", "kid": kid}, {**small, "jti": str(i)}, rsa_key("a"))
             assert_refused(await enroll(op, token, f"odd-{i}"), repr(kid)[:40])
+            assert refusals.last() in ("bad_kid", "unknown_kid"), repr(kid)[:40]
         for i in range(50):
             assert_refused(await enroll(op, seed_token(f"unknown-{i}"), f"u-{i}"), i)
+            assert refusals.last() == "unknown_kid"
         assert kyc.server.requests == 1
         assert time.monotonic() - started < 20
         # The one fetch brought the real key, which verifies from memory.
@@ -666,7 +716,7 @@ async def test_endpoint_stalled_unknown_kid_is_503_within_the_timeout(kyc: Kyc) 
         assert kyc.server.requests == 2
 
 
-async def test_unusable_keys_are_ignored(kyc: Kyc) -> None:
+async def test_unusable_keys_are_ignored(kyc: Kyc, refusals: RefusalLog) -> None:
     a, b, c = rsa_key("a"), rsa_key("b"), rsa_key("c")
     small = rsa_key("small", 1024)
     kyc.server.keys = [
@@ -697,6 +747,7 @@ async def test_unusable_keys_are_ignored(kyc: Kyc) -> None:
             key_obj = small if key == "small" else rsa_key(key)
             token = kyc_token(enrollment_payload(), key_obj, kid)
             assert_refused(await enroll(op, token, f"p-{i}"), kid)
+            assert refusals.last() == "unknown_kid", kid
         assert (await enroll(op, seed_token("kyc-1", "a"), "ok-1")).status_code == 201
         assert (await enroll(op, seed_token("k-verify", "b"), "ok-2")).status_code == 201
         assert kyc.server.requests == 1
@@ -743,26 +794,37 @@ async def test_huge_and_dripping_bodies_are_cut_off(kyc: Kyc) -> None:
             assert time.monotonic() - started < limit, mode
 
 
-async def test_header_checks_come_before_any_fetch(kyc: Kyc) -> None:
+async def test_header_checks_come_before_any_fetch(kyc: Kyc, refusals: RefusalLog) -> None:
     ec_key = ec.generate_private_key(ec.SECP256R1())
     attacker = await JwksServer().start()
     attacker.keys = [rsa_jwk(rsa_key("b"), "kyc-1")]
     payload = enrollment_payload
+    not_rs256 = "kyc_alg_not_rs256"
     tokens = {
-        "no kid": kyc_token(payload(), rsa_key("a"), kid=None),
-        "alg RS384": sign_jws({"alg": "RS384", "kid": "kyc-1"}, payload(), rsa_key("a")),
-        "alg PS256": sign_jws({"alg": "PS256", "kid": "kyc-1"}, payload(), rsa_key("a")),
-        "alg HS256": sign_jws({"alg": "HS256", "kid": "kyc-1"}, payload(), rsa_key("a")),
-        "alg none": sign_jws({"alg": "none", "kid": "kyc-1"}, payload(), rsa_key("a")),
-        "alg ES256": sign_jws({"alg": "ES256", "kid": "kyc-1"}, payload(), ec_key),
-        "jku": kyc_token(payload(), rsa_key("b"), jku=attacker.url),
-        "x5u": kyc_token(payload(), rsa_key("b"), x5u=attacker.url),
-        "typ JOSE+JSON": kyc_token(payload(), rsa_key("a"), typ="JOSE+JSON"),
+        "no kid": (kyc_token(payload(), rsa_key("a"), kid=None), "kyc_missing_kid"),
+        "alg RS384": (
+            sign_jws({"alg": "RS384", "kid": "kyc-1"}, payload(), rsa_key("a")),
+            not_rs256,
+        ),
+        "alg PS256": (
+            sign_jws({"alg": "PS256", "kid": "kyc-1"}, payload(), rsa_key("a")),
+            not_rs256,
+        ),
+        "alg HS256": (
+            sign_jws({"alg": "HS256", "kid": "kyc-1"}, payload(), rsa_key("a")),
+            not_rs256,
+        ),
+        "alg none": (sign_jws({"alg": "none", "kid": "kyc-1"}, payload(), rsa_key("a")), not_rs256),
+        "alg ES256": (sign_jws({"alg": "ES256", "kid": "kyc-1"}, payload(), ec_key), not_rs256),
+        "jku": (kyc_token(payload(), rsa_key("b"), jku=attacker.url), "header_member_not_allowed"),
+        "x5u": (kyc_token(payload(), rsa_key("b"), x5u=attacker.url), "header_member_not_allowed"),
+        "typ JOSE+JSON": (kyc_token(payload(), rsa_key("a"), typ="JOSE+JSON"), "wrong_typ"),
     }
     try:
         async with kyc.operator() as op:
-            for i, (label, token) in enumerate(tokens.items()):
+            for i, (label, (token, reason)) in enumerate(tokens.items()):
                 assert_refused(await enroll(op, token, f"p-{i}"), label)
+                assert refusals.last() == reason, label
         assert kyc.server.requests == 0
         assert attacker.requests == 0
     finally:

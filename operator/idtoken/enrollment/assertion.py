@@ -23,7 +23,8 @@ _DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
 _ALPHA3 = re.compile(r"\A[A-Z]{3}\Z")
 _JTI_MAX = 256
 _TEXT_MAX = 256
-MAX_TOKEN_LENGTH = 16384
+# KYC results can be large (document data, certificates); the request body cap is 64 KiB.
+MAX_TOKEN_LENGTH = 48 * 1024
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,10 @@ def load_static_issuer(index: int, settings: IssuerSettings, *, now: float) -> S
     prefix = f"enrollment_issuers[{index}]"
     if settings.public_key_file is not None:
         key_name = f"{prefix}.public_key_file"
-        data = _read(key_name, settings.public_key_file)
+        data = _read(key_name, settings.issuer, settings.public_key_file)
     elif settings.certificate_file is not None:
         key_name = f"{prefix}.certificate_file"
-        data = _read(key_name, settings.certificate_file)
+        data = _read(key_name, settings.issuer, settings.certificate_file)
     elif settings.public_key_b64 is not None:
         key_name = f"{prefix}.public_key_b64"
         data = settings.public_key_b64.encode("ascii", "replace")
@@ -67,11 +67,13 @@ def load_static_issuer(index: int, settings: IssuerSettings, *, now: float) -> S
     return StaticIssuer(settings=settings, alg=alg, verifier=jose.verifier_for(key, alg))
 
 
-def _read(key_name: str, path: Path) -> bytes:
+def _read(key_name: str, issuer: str, path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ConfigError(key_name, f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise ConfigError(
+            key_name, f"issuer {issuer!r}: cannot read {path}: {exc.strerror or exc}"
+        ) from exc
 
 
 def _unwrap_base64(data: bytes) -> bytes:

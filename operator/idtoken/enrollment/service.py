@@ -8,7 +8,7 @@ import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from idtoken import jose
 from idtoken.clock import Clock
@@ -143,10 +143,15 @@ class EnrollmentService:
         )
         replay_id = hashlib.sha256(f"{assertion.issuer}\n{assertion.jti}".encode()).hexdigest()
         replay_ttl = int(assertion.exp + self._settings.enrollment.leeway - now) + 1
+        # Single use is keyed on iss + jti alone (catalogue E01). store.enroll's marker lives
+        # under the token, so it misses the same jti with another `sub` and every reuse of a
+        # KYC result (which gets a fresh tokenId each time): the jti is consumed here first,
+        # once across all instances.
+        if not await self._store.acquire(f"enroll-jti:{replay_id}", ttl=replay_ttl):
+            self._replayed(assertion)
         status = await self._store.enroll(record, replay_id=replay_id, replay_ttl=replay_ttl)
         if status is EnrollStatus.REPLAYED:
-            security.warning("enrollment token replayed", extra={"issuer": assertion.issuer})
-            raise TokenReplayed("this enrollment token has already been used")
+            self._replayed(assertion)
         if status is EnrollStatus.CONFLICT:
             raise TokenConflict("this token is enrolled through another issuer")
         if status is EnrollStatus.REVOKED:
@@ -158,6 +163,11 @@ class EnrollmentService:
         return Enrolled(
             token_id=token_id, device_id=req.device_id, expires_at=exp, credential=credential
         )
+
+    @staticmethod
+    def _replayed(assertion: Assertion) -> NoReturn:
+        security.warning("enrollment token replayed", extra={"issuer": assertion.issuer})
+        raise TokenReplayed("this enrollment token has already been used")
 
     async def _verify_token(self, token: str, now: float) -> Assertion:
         try:
