@@ -42,6 +42,10 @@ async def test_metrics_need_the_token_and_count_the_flow(
         assert 'idtoken_sessions_rejected_total{reason="User rejected",service="shop"} 1.0' in text
         assert "idtoken_decision_seconds_count" in text
         assert "idtoken_open_sockets" in text
+        assert (
+            'idtoken_enrollments_total{issuer="https://integration.test",outcome="enrolled"} 1.0'
+            in text
+        )
 
 
 async def test_metrics_endpoint_is_off_without_a_token(

@@ -91,7 +91,7 @@ def create_app(
         store=store,
         keys=keys,
         login=login,
-        enrollment=EnrollmentService(settings, store, keys, issuers, clock),
+        enrollment=EnrollmentService(settings, store, keys, issuers, clock, metrics),
         dispatcher=dispatcher,
         vapid_public_key=vapid_public_key_b64(vapid_key),
         metrics=metrics,

@@ -25,6 +25,7 @@ from idtoken.enrollment.kyc import KycIssuer, verify_kyc_jws
 from idtoken.errors import (
     InvalidRequest,
     InvalidSignature,
+    OperatorError,
     TokenConflict,
     TokenReplayed,
     TokenRevokedAtEnrollment,
@@ -38,6 +39,7 @@ from idtoken.keys.device import (
     verify_device_signature,
 )
 from idtoken.keys.signing import SigningKeys
+from idtoken.metrics import Metrics
 from idtoken.settings import Settings
 from idtoken.store.base import DeviceRecord, EnrollStatus, Store
 
@@ -80,7 +82,9 @@ class EnrollmentService:
         keys: SigningKeys,
         issuers: Mapping[str, EnrollmentIssuer],
         clock: Clock,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._settings = settings
         self._store = store
         self._keys = keys
@@ -88,6 +92,17 @@ class EnrollmentService:
         self._clock = clock
 
     async def enroll(self, req: EnrollRequest) -> Enrolled:
+        """Enroll, counting the outcome per issuer (``idtoken_enrollments_total``)."""
+        seen: dict[str, str] = {}
+        try:
+            done = await self._enroll(req, seen)
+        except OperatorError as exc:
+            self._metrics.enrollments.labels(seen.get("issuer", "unknown"), exc.code).inc()
+            raise
+        self._metrics.enrollments.labels(seen["issuer"], seen["outcome"]).inc()
+        return done
+
+    async def _enroll(self, req: EnrollRequest, seen: dict[str, str]) -> Enrolled:
         now = self._clock.now()
         limits = self._settings.limits
         wait = await self._store.hit(
@@ -110,7 +125,7 @@ class EnrollmentService:
             security.info("enroll signature refused", extra={"reason": exc.reason})
             raise InvalidSignature("the signature does not verify") from exc
 
-        assertion = await self._verify_token(req.enrollment_token, now)
+        assertion = await self._verify_token(req.enrollment_token, now, seen)
         token_id = assertion.subject or ("tok_" + secrets.token_urlsafe(16))
         exp = int(now) + self._settings.enrollment.credential_max_age
         if assertion.document_expiry is not None:
@@ -156,6 +171,7 @@ class EnrollmentService:
             raise TokenConflict("this token is enrolled through another issuer")
         if status is EnrollStatus.REVOKED:
             raise TokenRevokedAtEnrollment("this token has been revoked")
+        seen["outcome"] = status.value
         log.info(
             "device enrolled",
             extra={"issuer": assertion.issuer, "replaced": status is EnrollStatus.REPLACED},
@@ -169,7 +185,7 @@ class EnrollmentService:
         security.warning("enrollment token replayed", extra={"issuer": assertion.issuer})
         raise TokenReplayed("this enrollment token has already been used")
 
-    async def _verify_token(self, token: str, now: float) -> Assertion:
+    async def _verify_token(self, token: str, now: float, seen: dict[str, str]) -> Assertion:
         try:
             jws = jose.parse_compact(token, max_length=MAX_TOKEN_LENGTH)
         except jose.JoseError as exc:
@@ -178,6 +194,7 @@ class EnrollmentService:
         issuer = self._issuers.get(iss)
         if issuer is None:
             raise invalid("unknown_issuer")
+        seen["issuer"] = iss  # a configured issuer: bounded label values
         enrollment = self._settings.enrollment
         if isinstance(issuer, KycIssuer):
             assertion = await verify_kyc_jws(
