@@ -589,7 +589,15 @@ def test_unreadable_vapid_key_file_names_the_path(tmp_path: Path) -> None:
 
 # --- subscriptions --------------------------------------------------------------------------
 
-P256DH = vapid_public_key_b64(ec.generate_private_key(ec.SECP256R1()))
+def _key_with_url_safe_characters() -> str:
+    # The "standard alphabet" case below needs a key whose base64url has '-' or '_' in it.
+    while True:
+        key = vapid_public_key_b64(ec.generate_private_key(ec.SECP256R1()))
+        if "-" in key or "_" in key:
+            return key
+
+
+P256DH = _key_with_url_safe_characters()
 AUTH = "AAECAwQFBgcICQoLDA0ODw"  # 16 bytes
 ENDPOINT = "https://fcm.googleapis.com/fcm/send/abc:def"
 

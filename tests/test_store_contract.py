@@ -249,7 +249,7 @@ async def test_start_twice_does_not_deliver_events_twice(store: Store) -> None:
     await enroll(store)
     await create(store, "sess_a")
     inbox = Inbox()
-    store.listen("sess_a", inbox)
+    store.listen(TOKEN, "sess_a", inbox)
 
     await store.claim_socket(TOKEN, "sess_a")
     await store.claim_socket(TOKEN, "sess_a")
@@ -336,8 +336,8 @@ async def test_replacing_a_device_rejects_its_pending_sessions_and_publishes(sto
     await create(store, "sess_a")
     await create(store, "sess_b", now=T0 + 1)
     inbox_a, inbox_b = Inbox(), Inbox()
-    store.listen("sess_a", inbox_a)
-    store.listen("sess_b", inbox_b)
+    store.listen(TOKEN, "sess_a", inbox_a)
+    store.listen(TOKEN, "sess_b", inbox_b)
 
     await enroll(store, device_record(thumbprint="kt-2", jti="cj-2"), replay_id="jti-2")
 
@@ -846,7 +846,7 @@ async def test_reject_with_pause_rejects_every_pending_session_and_publishes(sto
     await create(store, "sess_c", now=T0 + 2)
     inboxes = {sid: Inbox() for sid in ("sess_a", "sess_b", "sess_c")}
     for sid, inbox in inboxes.items():
-        store.listen(sid, inbox)
+        store.listen(TOKEN, sid, inbox)
 
     result = await store.reject(TOKEN, "sess_a", reason="Not me", pause=900, now=T0 + 3)
 
@@ -951,7 +951,7 @@ async def test_claim_socket_numbers_claims_and_publishes_them(store: Store) -> N
     await enroll(store)
     await create(store, "sess_a")
     inbox = Inbox()
-    store.listen("sess_a", inbox)
+    store.listen(TOKEN, "sess_a", inbox)
 
     first = await store.claim_socket(TOKEN, "sess_a")
     second = await store.claim_socket(TOKEN, "sess_a")
@@ -966,8 +966,8 @@ async def test_listeners_only_hear_about_their_session(store: Store) -> None:
     await create(store, "sess_a")
     await create(store, "sess_b")
     inbox_a, inbox_b = Inbox(), Inbox()
-    store.listen("sess_a", inbox_a)
-    store.listen("sess_b", inbox_b)
+    store.listen(TOKEN, "sess_a", inbox_a)
+    store.listen(TOKEN, "sess_b", inbox_b)
 
     await approve(store, "sess_b")
 
@@ -979,7 +979,7 @@ async def test_approval_event_carries_the_stored_message(store: Store) -> None:
     await enroll(store)
     await create(store, "sess_a")
     inbox = Inbox()
-    store.listen("sess_a", inbox)
+    store.listen(TOKEN, "sess_a", inbox)
 
     await approve(store, "sess_a")
 
@@ -992,7 +992,7 @@ async def test_rejection_event_carries_the_stored_message(store: Store) -> None:
     await enroll(store)
     await create(store, "sess_a")
     inbox = Inbox()
-    store.listen("sess_a", inbox)
+    store.listen(TOKEN, "sess_a", inbox)
 
     await fail(store, "sess_a", end_reason="Invalid OTP")
 
@@ -1003,7 +1003,7 @@ async def test_expiry_event_carries_the_expired_message(store: Store) -> None:
     await enroll(store)
     await create(store, "sess_a")
     inbox = Inbox()
-    store.listen("sess_a", inbox)
+    store.listen(TOKEN, "sess_a", inbox)
 
     await store.expire(TOKEN, "sess_a", now=T0 + 60)
 
@@ -1014,8 +1014,8 @@ async def test_stop_function_stops_delivery(store: Store) -> None:
     await enroll(store)
     await create(store, "sess_a")
     stopped, still = Inbox(), Inbox()
-    stop = store.listen("sess_a", stopped)
-    store.listen("sess_a", still)
+    stop = store.listen(TOKEN, "sess_a", stopped)
+    store.listen(TOKEN, "sess_a", still)
     await store.claim_socket(TOKEN, "sess_a")
     assert (await stopped.next_event()).claim == 1
     assert (await still.next_event()).claim == 1
@@ -1189,8 +1189,8 @@ async def test_redis_listeners_resync_after_the_pubsub_connection_is_killed(
     await create(redis_store, "sess_a")
     await create(redis_store, "sess_b")
     inbox_a, inbox_b = Inbox(), Inbox()
-    redis_store.listen("sess_a", inbox_a)
-    redis_store.listen("sess_b", inbox_b)
+    redis_store.listen(TOKEN, "sess_a", inbox_a)
+    redis_store.listen(TOKEN, "sess_b", inbox_b)
 
     assert int(redis_srv.cli("CLIENT", "KILL", "TYPE", "pubsub")) >= 1
 
@@ -1214,7 +1214,7 @@ async def test_redis_events_arrive_after_the_pubsub_connection_is_killed(
     await enroll(redis_store)
     await create(redis_store, "sess_a")
     inbox = Inbox()
-    redis_store.listen("sess_a", inbox)
+    redis_store.listen(TOKEN, "sess_a", inbox)
 
     redis_srv.cli("CLIENT", "KILL", "TYPE", "pubsub")
     await _wait_for_subscriber(redis_srv)

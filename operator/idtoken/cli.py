@@ -111,7 +111,7 @@ def _tokens(args: argparse.Namespace) -> int:
 
     from idtoken.clock import SystemClock
     from idtoken.store.base import token_summary
-    from idtoken.store.redis import RedisStore
+    from idtoken.store.factory import open_redis_store
 
     settings = _settings(args)
     if not settings.redis_url:
@@ -121,7 +121,7 @@ def _tokens(args: argparse.Namespace) -> int:
     clock = SystemClock()
 
     async def run() -> int:
-        store = RedisStore(settings.redis_url or "", clock)
+        store = open_redis_store(settings, clock)
         try:
             if args.action == "list":
                 for device in await store.list_devices(limit=args.limit):

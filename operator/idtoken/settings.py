@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from idtoken.errors import ConfigError
 from idtoken.scopes import KNOWN_SCOPES
+from idtoken.store.connect import RedisUrlError, TlsFiles, parse_redis_url
 
 ENV_CONFIG = "IDTOKEN_CONFIG"
 ENV_REDIS_URL = "IDTOKEN_REDIS_URL"
@@ -114,12 +115,20 @@ class Settings:
     push: PushSettings
     services: Mapping[str, ServiceSettings]
     redis_url: str | None = None
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
     limits: LimitSettings = field(default_factory=LimitSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     enrollment_issuers: tuple[IssuerSettings, ...] = ()
     enrollment: EnrollmentSettings = field(default_factory=EnrollmentSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
     source: Path | None = None
+
+    @property
+    def redis_tls(self) -> TlsFiles:
+        """The ``redis_tls_*`` files (all ``None`` when not configured)."""
+        return TlsFiles(self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
 
     def issuer_named(self, iss: str) -> IssuerSettings | None:
         for candidate in self.enrollment_issuers:
@@ -165,6 +174,9 @@ def parse_settings(
     t.allow(
         "issuer",
         "redis_url",
+        "redis_tls_ca_file",
+        "redis_tls_cert_file",
+        "redis_tls_key_file",
         "keys_dir",
         "push",
         "services",
@@ -177,8 +189,11 @@ def parse_settings(
     issuer = env.get(ENV_ISSUER) or t.get_str("issuer", required=True)
     _check_issuer_url("issuer", issuer)
     redis_url = env.get(ENV_REDIS_URL) or t.opt_str("redis_url")
-    if redis_url is not None:
-        _check_redis_url("redis_url", redis_url)
+    tls_files = {
+        name: t.opt_path(name)
+        for name in ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+    }
+    _check_redis(redis_url, tls_files)
     keys_dir = t.path("keys_dir", default="var/keys")
 
     push_t = t.table("push")
@@ -252,6 +267,9 @@ def parse_settings(
     return Settings(
         issuer=issuer.rstrip("/"),
         redis_url=redis_url,
+        redis_tls_ca_file=tls_files["redis_tls_ca_file"],
+        redis_tls_cert_file=tls_files["redis_tls_cert_file"],
+        redis_tls_key_file=tls_files["redis_tls_key_file"],
         keys_dir=keys_dir,
         push=push,
         services=MappingProxyType(services),
@@ -370,8 +388,42 @@ def _check_issuer_url(key: str, value: str) -> None:
 
 
 def _check_redis_url(key: str, value: str) -> None:
-    if urlsplit(value).scheme not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
-        raise ConfigError(key, "must be a redis://, rediss:// or unix:// URL")
+    """Accept exactly the URL forms :mod:`idtoken.store.connect` can open."""
+    try:
+        target = parse_redis_url(value)
+    except RedisUrlError as exc:
+        raise ConfigError(key, str(exc)) from None  # the message never repeats the URL
+    for option in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        path = target.options.get(option)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(key, f"{option}: file not found: {path}")
+
+
+def _check_redis(url: str | None, tls_files: Mapping[str, Path | None]) -> None:
+    if url is not None:
+        _check_redis_url("redis_url", url)
+    given = {name: path for name, path in tls_files.items() if path is not None}
+    if not given:
+        return
+    name = next(iter(given))
+    if url is None:
+        raise ConfigError(name, "needs redis_url")
+    target = parse_redis_url(url)
+    if not target.tls:
+        raise ConfigError(name, "needs a TLS redis_url (rediss://, rediss+sentinel://, ...)")
+    for name, path in given.items():
+        if not path.is_file():
+            raise ConfigError(name, f"file not found: {path}")
+    if "redis_tls_ca_file" in given and "ssl_ca_certs" in target.options:
+        raise ConfigError("redis_tls_ca_file", "the CA is also given as ssl_ca_certs in redis_url")
+    if ("redis_tls_cert_file" in given) != ("redis_tls_key_file" in given):
+        raise ConfigError(
+            "redis_tls_cert_file", "redis_tls_cert_file and redis_tls_key_file go together"
+        )
+    if "redis_tls_cert_file" in given and "ssl_certfile" in target.options:
+        raise ConfigError(
+            "redis_tls_cert_file", "the client certificate is also given in redis_url"
+        )
 
 
 def _check_fetch_url(key: str, value: str) -> None:

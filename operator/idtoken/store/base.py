@@ -10,9 +10,10 @@ number of operator instances observe the session state machine
 and nothing else. A decided session keeps its terminal message for :data:`RESULT_KEEP`
 seconds so that a late or reconnecting browser still receives it.
 
-Events: every decision is published to every instance; a process registers interest in a
-session with :meth:`Store.listen`. When the event connection is (re)established, listeners are
-called with ``None`` and must re-read the stored state, so a lost message never loses a decision.
+Events: every decision is published to every instance that listens to the session; a process
+registers interest with :meth:`Store.listen`. When the event connection is (re)established,
+listeners are called with ``None`` and must re-read the stored state, so a lost message never
+loses a decision.
 
 Errors: any failure to reach the backing store raises :class:`StoreUnavailable`.
 """
@@ -342,10 +343,18 @@ class Store(Protocol):
         publishes a claim so that older sockets (on any instance) close with 4009."""
         ...
 
-    def listen(self, session_id: str, callback: EventCallback) -> Callable[[], None]:
-        """Call ``callback(session_id, event)`` for events about the session, and
-        ``callback(session_id, None)`` after the event stream reconnects. Returns a function
-        that stops listening."""
+    def listen(self, token_id: str, session_id: str, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(session_id, event)`` for events about the session (of token
+        ``token_id``), and ``callback(session_id, None)`` whenever events may have been missed
+        (the event stream reconnected), so the listener re-reads the stored state. Returns a
+        function that stops listening.
+
+        Events published by this store object after ``listen`` returns are delivered. Where
+        the subscription itself takes a round trip (Redis Cluster: the token's shard channel),
+        every call of this store that publishes about the token (``claim_socket``, decisions)
+        first waits for that subscription; and a listener whose subscription could not be
+        confirmed in time gets ``None`` once it is, so a decision taken elsewhere in between
+        is re-read rather than lost."""
         ...
 
     async def revoke_token(self, token_id: str, *, now: float) -> bool:

@@ -3,9 +3,28 @@
 Every key a script touches carries the token's hash tag ``{t:<tokenId>}``, so a script never
 crosses a Redis Cluster slot. Times come from the caller (the operator's clock) as decimal
 seconds; the terminal browser message is built by the caller and stored verbatim.
+
+Events: the scripts publish to the channel the caller passes. On a standalone server or under
+Sentinel that is the one ``idtoken:events`` channel (``PUBLISH``); on a Redis Cluster the
+scripts are used in their :func:`sharded` form, which publishes with ``SPUBLISH`` to the
+token's own channel ``idtoken:{t:<tokenId>}:events`` — in the same slot as the keys, so the
+shard that runs the script also delivers the message, and only to the instances listening to
+that token.
+
+The one key outside the token's slot is the socket reference ``idtoken:sessref:{<sid>}``:
+CREATE writes it when given a fifth key (standalone, Sentinel), and leaves it to the caller
+when not (Cluster, see :meth:`~idtoken.store.redis.RedisStore.create_session`).
 """
 
 from __future__ import annotations
+
+
+def sharded(script: str) -> str:
+    """The Redis Cluster form of a script: sharded publish (``SPUBLISH``) instead of
+    ``PUBLISH``. Every script passes the channel it publishes to, and in cluster mode the
+    caller passes a channel with the token's hash tag."""
+    return script.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+
 
 # Shared helpers, prepended to every script that moves a session.
 _PRELUDE = r"""
@@ -42,7 +61,7 @@ local function reject_pending(pkey, prefix, now, final, keep, channel)
 end
 """
 
-# KEYS: device, pending, pushes, session, session-ref
+# KEYS: device, pending, pushes, session[, session-ref (omitted on a Cluster: another slot)]
 # ARGV: now, expiresAt, keep_ms, max_pending, push_limit, push_window, max_failed, sid, fields...
 CREATE = r"""
 local now = tonumber(ARGV[1])
@@ -66,7 +85,7 @@ end
 local sid = ARGV[8]
 redis.call('HSET', KEYS[4], unpack(ARGV, 9))
 redis.call('PEXPIRE', KEYS[4], ARGV[3])
-redis.call('SET', KEYS[5], redis.call('HGET', KEYS[1], 'tok'), 'PX', ARGV[3])
+if KEYS[5] then redis.call('SET', KEYS[5], redis.call('HGET', KEYS[1], 'tok'), 'PX', ARGV[3]) end
 redis.call('ZADD', KEYS[2], ARGV[2], sid)
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
 redis.call('ZADD', KEYS[3], ARGV[1], sid)

@@ -258,7 +258,7 @@ class MemoryStore:
         self._listeners.dispatch(Event(session_id, claim=seq))
         return seq
 
-    def listen(self, session_id: str, callback: EventCallback) -> Callable[[], None]:
+    def listen(self, token_id: str, session_id: str, callback: EventCallback) -> Callable[[], None]:
         return self._listeners.add(session_id, callback)
 
     async def hit(self, key: str, *, limit: int, window: int, now: float) -> int:

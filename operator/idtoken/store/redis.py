@@ -9,26 +9,38 @@ Key layout (``T`` = tokenId, ``S`` = sessionId)::
     idtoken:{t:T}:jti:<id>      string  single-use enrollment-token marker, TTL = exp + leeway
     idtoken:sessref:{S}         string  S -> T, for sockets that know only S; same TTL
     idtoken:rate:{<key>}        zset    sliding-window rate limits
-    idtoken:events              channel decisions and socket claims, to every instance
+    idtoken:events              channel decisions and socket claims (standalone, Sentinel)
+    idtoken:{t:T}:events        shard channel, the same per token (Redis Cluster)
 
 Everything a state change touches carries the token's hash tag, so each Lua script stays in
 one Cluster slot. Each state change is a single script call: one round trip.
+
+Deployments (chosen by the URL scheme, see :mod:`idtoken.store.connect`): one server, a
+Sentinel-managed master, or a Redis Cluster. The code path is the same except for two points:
+
+* Events. Standalone and Sentinel: scripts ``PUBLISH`` to ``idtoken:events`` and each process
+  holds one subscriber connection (:class:`_ChannelFeed`). Cluster: scripts ``SPUBLISH`` to the
+  token's channel (same slot as its keys) and each process subscribes, with ``SSUBSCRIBE``, to
+  the channels of the tokens whose sessions its sockets serve — one connection per node that
+  owns such a channel, shared by all sockets (:class:`_ShardFeed`).
+* The socket reference, which is in the session's slot, not the token's. Standalone and
+  Sentinel: the create script writes it (one round trip). Cluster: a ``SET`` sent concurrently
+  with the script, deleted again if the script refuses (still one round trip of latency).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from idtoken.clock import Clock
 from idtoken.store import lua
@@ -48,11 +60,28 @@ from idtoken.store.base import (
     Transition,
     final_message,
 )
+from idtoken.store.connect import Connections, TlsFiles, open_connections
 from idtoken.store.events import LocalListeners
 
 log = logging.getLogger("idtoken.store")
 
 CHANNEL = "idtoken:events"
+
+_SCRIPTS = (
+    "CREATE",
+    "APPROVE",
+    "FAIL",
+    "REJECT",
+    "EXPIRE",
+    "ENROLL",
+    "PENDING",
+    "CLAIM",
+    "HIT",
+    "MARK_DEAD",
+    "SET_PUSH",
+    "REVOKE",
+    "UNLOCK",
+)
 
 
 def _tag(token_id: str) -> str:
@@ -67,85 +96,55 @@ def session_key(token_id: str, session_id: str) -> str:
     return f"{_tag(token_id)}:sess:{session_id}"
 
 
-class RedisStore:
-    """The production store. See the module docstring for the key layout."""
+def shard_channel(token_id: str) -> str:
+    """The token's event channel on a Redis Cluster: in the slot of the token's keys."""
+    return f"{_tag(token_id)}:events"
 
-    def __init__(self, url: str, clock: Clock) -> None:
-        self._url = url
-        self._clock = clock
-        self._r: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=1.0,
-            socket_timeout=2.0,
-            health_check_interval=15,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
-            max_connections=256,
-        )
-        # The event subscription has its own connection that never retries silently: a drop
-        # must reach _subscribe_forever, which resubscribes *and* makes every socket re-read
-        # its session (redis-py's own reconnect would resubscribe but lose what was missed).
-        self._events: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=1.0,
-            health_check_interval=15,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._scripts = {
-            name: self._r.register_script(getattr(lua, name))
-            for name in (
-                "CREATE",
-                "APPROVE",
-                "FAIL",
-                "REJECT",
-                "EXPIRE",
-                "ENROLL",
-                "PENDING",
-                "CLAIM",
-                "HIT",
-                "MARK_DEAD",
-                "SET_PUSH",
-                "REVOKE",
-                "UNLOCK",
-            )
-        }
-        self._listeners = LocalListeners()
-        self._subscriber: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
 
-    # ---- lifecycle -----------------------------------------------------------------------
-    async def start(self) -> None:
-        if self._subscriber is None:
-            self._subscriber = asyncio.create_task(self._subscribe_forever(), name="idtoken-events")
-            # Give the subscription a moment so that early sockets do not miss events; if Redis
-            # is down the operator still starts and sockets re-read state once it is back.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._subscribed.wait(), timeout=2.0)
+def _noop() -> None:
+    return None
 
-    async def aclose(self) -> None:
-        task, self._subscriber = self._subscriber, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._r.aclose()
-        await self._events.aclose()
 
-    async def ping(self) -> None:
-        await self._call(self._r.ping())
+class _Listeners(LocalListeners):
+    """Local listeners, plus re-sync of one session (for a re-established shard channel)."""
 
-    @property
-    def events_connected(self) -> bool:
-        return self._subscribed.is_set()
+    def resync(self, session_ids: Sequence[str]) -> None:
+        for session_id in session_ids:
+            for callback in list(self._by_session.get(session_id, ())):
+                self._call(callback, session_id, None)
 
-    async def _subscribe_forever(self) -> None:
+
+# ----------------------------------------------------------------------------- event feeds
+class _ChannelFeed:
+    """Standalone and Sentinel: every event on ``idtoken:events``, one connection per process.
+
+    The connection never retries silently: a drop must reach :meth:`run`, which resubscribes
+    *and* makes every socket re-read its session (redis-py's own reconnect would resubscribe
+    but lose what was published meanwhile). Under Sentinel, reconnecting asks the sentinels
+    for the current master, so the feed follows a failover.
+    """
+
+    def __init__(self, client: Any, listeners: _Listeners) -> None:
+        self._client = client
+        self._listeners = listeners
+        self.connected = asyncio.Event()
+
+    def channel(self, token_id: str) -> str:
+        return CHANNEL
+
+    def want(self, token_id: str, session_id: str) -> Callable[[], None]:
+        return _noop  # every event reaches every process
+
+    async def settled(self, token_id: str) -> None:
+        return None
+
+    async def run(self) -> None:
         delay = 0.05
         while True:
-            pubsub = self._events.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CHANNEL)
-                self._subscribed.set()
+                self.connected.set()
                 delay = 0.05
                 # Anything published while we were not subscribed is unknown to us: every
                 # local socket re-reads its session.
@@ -160,23 +159,398 @@ class RedisStore:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                if self._subscribed.is_set():
+                if self.connected.is_set():
                     log.warning("event subscription lost, reconnecting: %s", type(exc).__name__)
-                self._subscribed.clear()
+                self.connected.clear()
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _Link:
+    """One sharded pub/sub connection to one cluster node (RESP2, never retrying).
+
+    A reader task forwards every reply, or the error that ended the connection, to the feed's
+    inbox tagged with this link's id. Commands (SSUBSCRIBE, SUNSUBSCRIBE, PING) are written
+    directly; their confirmations arrive through the reader, in order. When the connection is
+    silent for :attr:`IDLE` seconds the reader pings, and gives up if the next period is
+    silent too (a peer that vanished without closing).
+    """
+
+    IDLE = 15.0
+
+    def __init__(self, ident: int, node_name: str, client: Any, inbox: asyncio.Queue[Any]) -> None:
+        self.ident = ident
+        self.node_name = node_name
+        self.channels: set[str] = set()  # SSUBSCRIBE sent on this link, not since undone
+        self.unsubscribing: Counter[str] = Counter()  # SUNSUBSCRIBE replies still expected
+        self._client = client
+        self._inbox = inbox
+        self._conn: Any = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        self._conn = await self._client.connection_pool.get_connection()
+        self._reader = asyncio.create_task(self._read(), name=f"idtoken-events-{self.node_name}")
+
+    async def send(self, *args: str) -> None:
+        await self._conn.send_command(*args, check_health=False)
+
+    async def _read(self) -> None:
+        pinged = False
+        try:
+            while True:
+                reply = await self._conn.read_response(timeout=self.IDLE)
+                if reply is None:  # silent for IDLE seconds
+                    if pinged:
+                        raise TimeoutError("no answer to PING on the event connection")
+                    await self.send("PING")
+                    pinged = True
+                    continue
+                pinged = False
+                self._inbox.put_nowait((self.ident, reply))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # handed to the feed, which owns recovery
+            self._inbox.put_nowait((self.ident, exc))
+
+    async def aclose(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+
+class _ShardFeed:
+    """Redis Cluster: sharded pub/sub on the token channels this process's sockets need.
+
+    ``want`` (called by :meth:`RedisStore.listen`) counts interest per channel; the run loop
+    subscribes a channel on the connection to the node that owns its slot when the first
+    session of the token starts listening, and unsubscribes when the last one stops. There is
+    one connection per node that owns a wanted channel, shared by every socket.
+
+    Recovery is per node and never silent: when a node's connection fails (or the node says
+    a channel's slot moved away), the topology is re-read, the affected channels are
+    subscribed again on their current owners, and once each is confirmed the sessions on it
+    re-read their state (callback ``None``). Nodes that keep working are not disturbed.
+    """
+
+    SETTLE_TIMEOUT = 2.0
+
+    def __init__(self, conn: Connections, listeners: _Listeners) -> None:
+        self._conn = conn
+        self._cluster = conn.commands
+        self._listeners = listeners
+        self.connected = asyncio.Event()
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._ids = itertools.count(1)
+        self._wanted: dict[str, Counter[str]] = {}  # channel -> session ids listening
+        self._live: dict[str, asyncio.Event] = {}  # channel -> set once SSUBSCRIBE confirmed
+        self._where: dict[str, int] = {}  # channel -> link id it is subscribed on
+        self._links: dict[int, _Link] = {}
+        self._by_node: dict[str, _Link] = {}
+        self._to_subscribe: set[str] = set()
+        self._to_unsubscribe: set[str] = set()
+        self._resync: set[str] = set()  # re-read these channels' sessions once confirmed
+        self._stale_topology = False
+
+    def channel(self, token_id: str) -> str:
+        return shard_channel(token_id)
+
+    def want(self, token_id: str, session_id: str) -> Callable[[], None]:
+        channel = shard_channel(token_id)
+        sessions = self._wanted.get(channel)
+        if sessions is None:
+            sessions = self._wanted[channel] = Counter()
+            self._live.setdefault(channel, asyncio.Event())
+            self._to_unsubscribe.discard(channel)
+            if channel not in self._where:
+                self._to_subscribe.add(channel)
+                self._wake()
+        sessions[session_id] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            sessions[session_id] -= 1
+            if sessions[session_id] <= 0:
+                del sessions[session_id]
+            if not sessions and self._wanted.get(channel) is sessions:
+                del self._wanted[channel]
+                self._resync.discard(channel)
+                self._to_subscribe.discard(channel)
+                if channel in self._where:
+                    self._to_unsubscribe.add(channel)
+                    self._wake()
+                else:
+                    self._live.pop(channel, None)
+
+        return release
+
+    async def settled(self, token_id: str) -> None:
+        """Wait (bounded) until this process's subscription to the token's channel, if it
+        wants one, is confirmed; so that what this process publishes next is heard here."""
+        channel = shard_channel(token_id)
+        live = self._live.get(channel)
+        if channel not in self._wanted or live is None or live.is_set():
+            return
+        try:
+            await asyncio.wait_for(live.wait(), self.SETTLE_TIMEOUT)
+        except TimeoutError:
+            # Go on (the caller's command will fail if the node is down); the listeners
+            # re-read once the subscription is confirmed.
+            self._resync.add(channel)
+
+    def _wake(self) -> None:
+        self._inbox.put_nowait((0, None))
+
+    # ---- the loop ------------------------------------------------------------------------
+    async def run(self) -> None:
+        delay = 0.05
+        retry_in: float | None = None
+        first = True
+        while True:
+            try:
+                await self._cluster.initialize()
+                if self._stale_topology and not first:
+                    await self._cluster.nodes_manager.initialize()
+                first = False
+                self._stale_topology = False
+                await self._reconcile()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, RedisClusterException, OSError) as exc:
+                if self.connected.is_set():
+                    log.warning(
+                        "sharded event subscription incomplete, retrying: %s", type(exc).__name__
+                    )
+                self.connected.clear()
+                self._stale_topology = True
+                retry_in, delay = delay, min(delay * 2, 1.0)
+            else:
+                self.connected.set()
+                retry_in, delay = None, 0.05
+            try:
+                link_id, reply = await asyncio.wait_for(self._inbox.get(), retry_in)
+            except TimeoutError:
+                continue
+            self._handle(link_id, reply)
+            while not self._inbox.empty():  # drain a burst before reconciling again
+                self._handle(*self._inbox.get_nowait())
+            if self._stale_topology:  # a link was lost: resubscribe at once, then back off
+                self.connected.clear()
+
+    def _handle(self, link_id: int, reply: Any) -> None:
+        link = self._links.get(link_id)
+        if link is None:
+            return  # a wake-up, or a late reply from a link already closed
+        if isinstance(reply, BaseException):
+            self._lose(link, reply)
+            return
+        if not isinstance(reply, list) or len(reply) < 3:
+            return  # PONG
+        kind, channel, data = reply[0], reply[1], reply[2]
+        if kind == "smessage":
+            event = Event.decode(data)
+            if event is not None:
+                self._listeners.dispatch(event)
+        elif kind == "ssubscribe":
+            if channel in link.channels:
+                self._confirmed(channel)
+        elif kind == "sunsubscribe":
+            if link.unsubscribing[channel] > 0:
+                link.unsubscribing[channel] -= 1
+                if not link.unsubscribing[channel]:
+                    del link.unsubscribing[channel]
+            elif channel in link.channels:
+                # Not asked for: the slot moved to another node (resharding, failover).
+                log.warning("shard channel moved, resubscribing")
+                self._unplace(link, channel)
+                self._stale_topology = True
+
+    def _confirmed(self, channel: str) -> None:
+        live = self._live.get(channel)
+        if live is not None:
+            live.set()
+        if channel in self._resync:
+            self._resync.discard(channel)
+            self._listeners.resync(list(self._wanted.get(channel, ())))
+
+    def _unplace(self, link: _Link, channel: str) -> None:
+        """The channel is no longer subscribed on ``link``: subscribe it again, re-read."""
+        link.channels.discard(channel)
+        self._where.pop(channel, None)
+        live = self._live.get(channel)
+        if live is not None:
+            live.clear()
+        if channel in self._wanted:
+            self._to_subscribe.add(channel)
+            self._resync.add(channel)
+        else:
+            self._live.pop(channel, None)
+
+    def _lose(self, link: _Link, exc: BaseException) -> None:
+        log.warning(
+            "sharded event connection to %s lost, resubscribing: %s",
+            link.node_name,
+            type(exc).__name__,
+        )
+        self._drop(link)
+        self._stale_topology = True
+
+    def _drop(self, link: _Link) -> None:
+        self._links.pop(link.ident, None)
+        if self._by_node.get(link.node_name) is link:
+            del self._by_node[link.node_name]
+        for channel in list(link.channels):
+            self._unplace(link, channel)
+        for channel in [c for c, i in self._where.items() if i == link.ident]:
+            self._where.pop(channel, None)
+        task = asyncio.ensure_future(link.aclose())
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _reconcile(self) -> None:
+        """Bring the subscriptions in line with what is wanted. Raises if a node cannot be
+        reached; what could be done is done, the rest is retried."""
+        for channel in list(self._to_unsubscribe):
+            self._to_unsubscribe.discard(channel)
+            if channel in self._wanted:
+                continue
+            self._live.pop(channel, None)
+            link = self._links.get(self._where.pop(channel, 0))
+            if link is not None and channel in link.channels:
+                link.channels.discard(channel)
+                link.unsubscribing[channel] += 1
+                try:
+                    await link.send("SUNSUBSCRIBE", channel)
+                except (RedisError, OSError) as exc:
+                    self._lose(link, exc)
+        failure: BaseException | None = None
+        unreachable: set[str] = set()
+        for channel in list(self._to_subscribe):
+            if channel not in self._wanted or channel in self._where:
+                self._to_subscribe.discard(channel)
+                continue
+            node = self._cluster.get_node_from_key(channel)
+            if node.name in unreachable:
+                continue
+            link = self._by_node.get(node.name)
+            try:
+                if link is None:
+                    link = await self._open(node.name, node.host, node.port)
+                link.channels.add(channel)
+                self._where[channel] = link.ident
+                self._to_subscribe.discard(channel)
+                await link.send("SSUBSCRIBE", channel)
+            except (RedisError, OSError) as exc:
+                unreachable.add(node.name)
+                failure = exc
+                if link is not None:
+                    self._lose(link, exc)
+        if failure is not None:
+            raise failure
+
+    async def _open(self, node_name: str, host: str, port: int) -> _Link:
+        link = _Link(next(self._ids), node_name, self._conn.node_client(host, port), self._inbox)
+        try:
+            await link.open()
+        except BaseException:
+            await link.aclose()
+            raise
+        self._links[link.ident] = link
+        self._by_node[node_name] = link
+        return link
+
+    async def aclose(self) -> None:
+        links, self._links = list(self._links.values()), {}
+        self._by_node.clear()
+        for link in links:
+            await link.aclose()
+
+
+# ----------------------------------------------------------------------------- the store
+class RedisStore:
+    """The production store. See the module docstring for the key layout.
+
+    ``url`` is any form :func:`~idtoken.store.connect.parse_redis_url` accepts; ``tls``
+    carries the ``redis_tls_*`` files of the configuration.
+    """
+
+    def __init__(self, url: str, clock: Clock, *, tls: TlsFiles | None = None) -> None:
+        self._clock = clock
+        self._conn = open_connections(url, tls)
+        self._cluster = self._conn.cluster
+        self._r: Any = self._conn.commands
+        self._scripts = {
+            name: self._r.register_script(
+                lua.sharded(getattr(lua, name)) if self._cluster else getattr(lua, name)
+            )
+            for name in _SCRIPTS
+        }
+        self._listeners = _Listeners()
+        self._feed: _ChannelFeed | _ShardFeed = (
+            _ShardFeed(self._conn, self._listeners)
+            if self._cluster
+            else _ChannelFeed(self._conn.events, self._listeners)
+        )
+        self._subscriber: asyncio.Task[None] | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._subscriber is None:
+            self._subscriber = asyncio.create_task(self._feed.run(), name="idtoken-events")
+            # Give the subscription a moment so that early sockets do not miss events; if Redis
+            # is down the operator still starts and sockets re-read state once it is back.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._feed.connected.wait(), timeout=2.0)
+
+    async def aclose(self) -> None:
+        task, self._subscriber = self._subscriber, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._feed.aclose()
+        await self._conn.aclose()
+
+    async def ping(self) -> None:
+        await self._call(self._r.ping())
+
+    @property
+    def events_connected(self) -> bool:
+        return self._feed.connected.is_set()
+
+    @property
+    def mode(self) -> str:
+        """``standalone``, ``unix``, ``sentinel`` or ``cluster``."""
+        return self._conn.target.mode
 
     async def _call(self, awaitable: Awaitable[Any]) -> Any:
         try:
             return await awaitable
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._call(self._scripts[name](keys=list(keys), args=list(args)))
+
+    async def _publish(
+        self, name: str, token_id: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """Run a script that may publish about ``token_id``, after this process's own
+        subscription to it (if being set up) is live."""
+        await self._feed.settled(token_id)
+        return await self._run(name, keys, args)
 
     # ---- devices -------------------------------------------------------------------------
     async def get_device(self, token_id: str) -> DeviceRecord | None:
@@ -187,13 +561,14 @@ class RedisStore:
         self, device: DeviceRecord, *, replay_id: str, replay_ttl: int
     ) -> EnrollStatus:
         tag = _tag(device.token_id)
-        status = await self._run(
+        status = await self._publish(
             "ENROLL",
+            device.token_id,
             [device_key(device.token_id), f"{tag}:jti:{replay_id}", f"{tag}:pending"],
             [
                 repr(self._clock.now()),
                 RESULT_KEEP,
-                CHANNEL,
+                self._feed.channel(device.token_id),
                 f"{tag}:sess:",
                 max(1, replay_ttl),
                 device.issuer,
@@ -215,13 +590,14 @@ class RedisStore:
 
     async def revoke_token(self, token_id: str, *, now: float) -> bool:
         tag = _tag(token_id)
-        done = await self._run(
+        done = await self._publish(
             "REVOKE",
+            token_id,
             [device_key(token_id), f"{tag}:pending"],
             [
                 repr(now),
                 RESULT_KEEP,
-                CHANNEL,
+                self._feed.channel(token_id),
                 f"{tag}:sess:",
                 final_message("rejected", "User rejected"),
             ],
@@ -260,31 +636,58 @@ class RedisStore:
     ) -> CreateResult:
         tag = _tag(session.token_id)
         keep_ms = int((session.expires_at - now + RESULT_KEEP) * 1000)
-        reply = await self._run(
-            "CREATE",
-            [
-                device_key(session.token_id),
-                f"{tag}:pending",
-                f"{tag}:pushes",
-                session_key(session.token_id, session.session_id),
-                _ref_key(session.session_id),
-            ],
-            [
-                repr(now),
-                repr(session.expires_at),
-                keep_ms,
-                limits.max_pending,
-                limits.pushes_per_window,
-                limits.push_window,
-                limits.max_failed_verifications,
-                session.session_id,
-                *_flatten(session.to_fields()),
-            ],
-        )
+        keys = [
+            device_key(session.token_id),
+            f"{tag}:pending",
+            f"{tag}:pushes",
+            session_key(session.token_id, session.session_id),
+        ]
+        args = [
+            repr(now),
+            repr(session.expires_at),
+            keep_ms,
+            limits.max_pending,
+            limits.pushes_per_window,
+            limits.push_window,
+            limits.max_failed_verifications,
+            session.session_id,
+            *_flatten(session.to_fields()),
+        ]
+        if self._cluster:
+            reply = await self._create_in_cluster(session, keys, args, keep_ms)
+        else:  # the script writes the socket reference too: one round trip, atomically
+            reply = await self._run("CREATE", [*keys, _ref_key(session.session_id)], args)
         status = CreateStatus(reply[0])
         retry = _ceil(float(reply[1]))
         push = json.loads(reply[2]) if status is CreateStatus.CREATED and reply[2] else None
         return CreateResult(status, retry_after=retry, push_subscription=push)
+
+    async def _create_in_cluster(
+        self, session: SessionRecord, keys: list[str], args: list[Any], keep_ms: int
+    ) -> Any:
+        """The reference lives in the session id's slot, the script in the token's: send both
+        at once (one round trip of latency, two nodes in parallel) and take the reference back
+        if the script did not create the session. A failure between the two leaves either a
+        reference to nothing (harmless, it expires) or, if only the reference failed, a
+        pending session no socket can open: the caller gets StoreUnavailable (503)."""
+        ref = _ref_key(session.session_id)
+        created: Any
+        referenced: Any
+        created, referenced = await asyncio.gather(
+            self._run("CREATE", keys, args),
+            self._call(self._r.set(ref, session.token_id, px=keep_ms)),
+            return_exceptions=True,
+        )
+        if isinstance(created, BaseException) or created[0] != CreateStatus.CREATED:
+            if not isinstance(referenced, BaseException):
+                with contextlib.suppress(StoreUnavailable):  # else it expires with keep_ms
+                    await self._call(self._r.delete(ref))
+            if isinstance(created, BaseException):
+                raise created
+            return created
+        if isinstance(referenced, BaseException):
+            raise referenced
+        return created
 
     async def get_session(self, token_id: str, session_id: str) -> SessionRecord | None:
         fields: dict[str, str] = await self._call(
@@ -309,15 +712,24 @@ class RedisStore:
         now: float,
     ) -> Transition:
         tag = _tag(token_id)
-        reply = await self._run(
+        reply = await self._publish(
             "APPROVE",
+            token_id,
             [
                 session_key(token_id, session_id),
                 device_key(token_id),
                 f"{tag}:pending",
                 f"{tag}:pushes",
             ],
-            [repr(now), RESULT_KEEP, session_id, CHANNEL, key_thumbprint, credential_jti, final],
+            [
+                repr(now),
+                RESULT_KEEP,
+                session_id,
+                self._feed.channel(token_id),
+                key_thumbprint,
+                credential_jti,
+                final,
+            ],
         )
         return _transition(reply)
 
@@ -325,14 +737,15 @@ class RedisStore:
         self, token_id: str, session_id: str, *, end_reason: str | None, now: float
     ) -> Transition:
         tag = _tag(token_id)
-        reply = await self._run(
+        reply = await self._publish(
             "FAIL",
+            token_id,
             [session_key(token_id, session_id), device_key(token_id), f"{tag}:pending"],
             [
                 repr(now),
                 RESULT_KEEP,
                 session_id,
-                CHANNEL,
+                self._feed.channel(token_id),
                 "" if end_reason is None else final_message("rejected", end_reason),
                 final_message("rejected", "Too many attempts"),
                 MAX_SESSION_FAILURES,
@@ -344,14 +757,15 @@ class RedisStore:
         self, token_id: str, session_id: str, *, reason: str, pause: int, now: float
     ) -> Transition:
         tag = _tag(token_id)
-        reply = await self._run(
+        reply = await self._publish(
             "REJECT",
+            token_id,
             [session_key(token_id, session_id), device_key(token_id), f"{tag}:pending"],
             [
                 repr(now),
                 RESULT_KEEP,
                 session_id,
-                CHANNEL,
+                self._feed.channel(token_id),
                 final_message("rejected", reason),
                 pause,
                 f"{tag}:sess:",
@@ -361,10 +775,11 @@ class RedisStore:
 
     async def expire(self, token_id: str, session_id: str, *, now: float) -> SessionRecord | None:
         tag = _tag(token_id)
-        flat = await self._run(
+        flat = await self._publish(
             "EXPIRE",
+            token_id,
             [session_key(token_id, session_id), f"{tag}:pending"],
-            [repr(now), RESULT_KEEP, session_id, CHANNEL],
+            [repr(now), RESULT_KEEP, session_id, self._feed.channel(token_id)],
         )
         return SessionRecord.from_fields(_pairs(flat)) if flat else None
 
@@ -376,11 +791,23 @@ class RedisStore:
         return sorted(live, key=lambda s: s.created_at)
 
     async def claim_socket(self, token_id: str, session_id: str) -> int:
-        seq = await self._run("CLAIM", [session_key(token_id, session_id)], [session_id, CHANNEL])
+        seq = await self._publish(
+            "CLAIM",
+            token_id,
+            [session_key(token_id, session_id)],
+            [session_id, self._feed.channel(token_id)],
+        )
         return int(seq)
 
-    def listen(self, session_id: str, callback: EventCallback) -> Callable[[], None]:
-        return self._listeners.add(session_id, callback)
+    def listen(self, token_id: str, session_id: str, callback: EventCallback) -> Callable[[], None]:
+        stop_local = self._listeners.add(session_id, callback)
+        release = self._feed.want(token_id, session_id)
+
+        def stop() -> None:
+            stop_local()
+            release()
+
+        return stop
 
     async def hit(self, key: str, *, limit: int, window: int, now: float) -> int:
         reply = await self._run(
