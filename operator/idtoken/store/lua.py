@@ -35,7 +35,10 @@ local function finish(skey, pkey, sid, state, final, now, keep, channel)
   local exp = tonumber(redis.call('HGET', skey, 'exp'))
   redis.call('EXPIRE', skey, math.ceil(math.max(exp, now) + keep - now))
   redis.call('ZREM', pkey, sid)
-  redis.call('PUBLISH', channel, cjson.encode({sid = sid, final = final}))
+  -- An empty channel: the caller publishes itself, once the write has reached a replica.
+  if channel ~= '' then
+    redis.call('PUBLISH', channel, cjson.encode({sid = sid, final = final}))
+  end
 end
 
 -- nil when the session is pending and unexpired, else the reply to return.

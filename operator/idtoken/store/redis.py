@@ -66,6 +66,7 @@ from idtoken.store.events import LocalListeners
 log = logging.getLogger("idtoken.store")
 
 CHANNEL = "idtoken:events"
+APPROVAL_REPLICATION_TIMEOUT_MS = 500
 
 _SCRIPTS = (
     "CREATE",
@@ -712,26 +713,46 @@ class RedisStore:
         now: float,
     ) -> Transition:
         tag = _tag(token_id)
-        reply = await self._publish(
-            "APPROVE",
-            token_id,
-            [
-                session_key(token_id, session_id),
-                device_key(token_id),
-                f"{tag}:pending",
-                f"{tag}:pushes",
-            ],
-            [
-                repr(now),
-                RESULT_KEEP,
-                session_id,
-                self._feed.channel(token_id),
-                key_thumbprint,
-                credential_jti,
-                final,
-            ],
-        )
-        return _transition(reply)
+        keys = [
+            session_key(token_id, session_id),
+            device_key(token_id),
+            f"{tag}:pending",
+            f"{tag}:pushes",
+        ]
+        channel = self._feed.channel(token_id)
+        args = [repr(now), RESULT_KEEP, session_id, channel, key_thumbprint, credential_jti, final]
+        if self.mode == "sentinel":
+            return await self._approve_replicated(token_id, session_id, keys, args, final)
+        return _transition(await self._publish("APPROVE", token_id, keys, args))
+
+    async def _approve_replicated(
+        self,
+        token_id: str,
+        session_id: str,
+        keys: list[str],
+        args: list[Any],
+        final: str,
+    ) -> Transition:
+        """Under Sentinel, replication is asynchronous: an approval acknowledged by a master
+        that dies a moment later may be lost in the failover, and the session approved again
+        on the new master. So the approval is only made visible — the phone's 200 and the
+        browser's JWT — once a replica has it (WAIT, on the same connection as the script)."""
+        channel = args[3]
+        await self._feed.settled(token_id)
+        pipe = self._r.pipeline(transaction=False)
+        await self._scripts["APPROVE"](keys=keys, args=[*args[:3], "", *args[4:]], client=pipe)
+        pipe.execute_command("WAIT", 1, APPROVAL_REPLICATION_TIMEOUT_MS)
+        reply, replicas = await self._call(pipe.execute())
+        t = _transition(reply)
+        if t.outcome is Outcome.APPROVED:
+            if int(replicas) < 1:
+                log.warning(
+                    "approval not yet on a replica; a failover now could lose it",
+                    extra={"session_id": session_id},
+                )
+            event = json.dumps({"sid": session_id, "final": final}, separators=(",", ":"))
+            await self._call(self._r.publish(channel, event))
+        return t
 
     async def fail(
         self, token_id: str, session_id: str, *, end_reason: str | None, now: float
