@@ -317,8 +317,15 @@ async def serve_in_process(app: Starlette) -> AsyncIterator[str]:
 class OperatorProcess:
     """``idtoken-operator serve`` in a child process, as an operator would run it."""
 
-    def __init__(self, config_file: Path, *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_file: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.config_file = config_file
+        self.args = args
         self.port = free_port()
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
@@ -340,6 +347,7 @@ class OperatorProcess:
                     str(self.config_file),
                     "--port",
                     str(self.port),
+                    *self.args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
