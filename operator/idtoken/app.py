@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from idtoken.api import health, mobile, openapi, rp, wellknown, ws
 from idtoken.api.responses import EXCEPTION_HANDLERS
@@ -135,6 +136,16 @@ def create_app(
 
         log.warning("demo pages enabled at /demo/: never enable [demo] in production")
         routes += demo_routes()
-    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    app = OperatorApp(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.runtime = rt
     return app
+
+
+class OperatorApp(Starlette):
+    """Starlette, with the well-known documents answered before routing (see
+    :func:`idtoken.api.wellknown.serve_fast`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and await wellknown.serve_fast(self.state.runtime, scope, send):
+            return
+        await super().__call__(scope, receive, send)

@@ -7,8 +7,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope, Send
 
-from idtoken.api.runtime import runtime
+from idtoken.api.runtime import Runtime, runtime
 from idtoken.scopes import KNOWN_SCOPES, SUPPORTED_CLAIMS
 from idtoken.settings import Settings
 
@@ -69,3 +70,42 @@ def discovery_document(settings: Settings, vapid_public_key: str) -> bytes:
 
 def _etags(header: str) -> set[str]:
     return {part.strip().removeprefix("W/") for part in header.split(",") if part.strip()}
+
+
+async def serve_fast(rt: Runtime, scope: Scope, send: Send) -> bool:
+    """Answer GET/HEAD of the two well-known documents straight from ASGI, without routing.
+
+    They are the most requested and cheapest resources (every relying party's JWKS cache
+    refresh); going through the router and middleware stack would triple their cost. Returns
+    False when the request is not for them.
+    """
+    path = scope["path"]
+    if path == "/.well-known/jwks.json":
+        body, etag = rt.keys.jwks_body, rt.keys.jwks_etag
+    elif path == "/.well-known/openid-configuration":
+        body, etag = rt.discovery_body, None
+    else:
+        return False
+    method = scope["method"]
+    if method not in ("GET", "HEAD"):
+        return False
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"cache-control", _CACHE_CONTROL),
+        (b"access-control-allow-origin", b"*"),
+    ]
+    status = 200
+    if etag is not None:
+        headers.append((b"etag", etag.encode("ascii")))
+        for name, value in scope["headers"]:
+            if name == b"if-none-match" and etag in _etags(value.decode("latin-1")):
+                status, body = 304, b""
+                break
+    if status == 200:
+        headers.append((b"content-length", str(len(body)).encode("ascii")))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+    return True
+
+
+_CACHE_CONTROL = f"public, max-age={JWKS_MAX_AGE}".encode("ascii")
