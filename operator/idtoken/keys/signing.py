@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from idtoken.keys.device import jwk_thumbprint, public_jwk
 from idtoken.settings import Settings
 
 JWKS_MAX_AGE = 3600
+_VERIFIED_CACHE = 20_000
 REFRESH_SECONDS = 10.0
 
 
@@ -113,6 +115,7 @@ class SigningKeys:
         self._listing = _listing(keys_dir)
         self._next_refresh = time.monotonic() + REFRESH_SECONDS
         self._snapshot: _Snapshot | None = None
+        self._verified: OrderedDict[tuple[str, str], tuple[str, Mapping[str, Any]]] = OrderedDict()
 
     # ---- what callers use ------------------------------------------------------------------
     @property
@@ -148,7 +151,27 @@ class SigningKeys:
         return jose.sign_compact(header, claims, active.signer)
 
     def verify(self, token: object, *, typ: str, max_length: int = 8192) -> Mapping[str, Any]:
-        """Verify one of our own tokens of kind ``typ``; raises :class:`jose.JoseError`."""
+        """Verify one of our own tokens of kind ``typ``; raises :class:`jose.JoseError`.
+
+        A phone presents the same credential with every approval, so successful verifications
+        are remembered (the signature check is the costliest step of an approval); a hit is
+        honoured only while the signing key is still in the directory. Time-dependent checks
+        are the caller's and run every time."""
+        if isinstance(token, str):
+            hit = self._verified.get((typ, token))
+            if hit is not None and hit[0] in self._by_kid:
+                self._verified.move_to_end((typ, token))
+                return hit[1]
+        kid, payload = self._verify_uncached(token, typ=typ, max_length=max_length)
+        if isinstance(token, str):
+            self._verified[(typ, token)] = (kid, payload)
+            if len(self._verified) > _VERIFIED_CACHE:
+                self._verified.popitem(last=False)
+        return payload
+
+    def _verify_uncached(
+        self, token: object, *, typ: str, max_length: int
+    ) -> tuple[str, Mapping[str, Any]]:
         jws = jose.parse_compact(token, max_length=max_length)
         if jws.header.get("typ") != typ:
             raise jose.JoseError("wrong_typ")
@@ -160,7 +183,7 @@ class SigningKeys:
         if key is None:
             raise jose.JoseError("unknown_kid")
         key.verifier.verify(jws)
-        return jws.payload
+        return key.kid, jws.payload
 
     # ---- internals ---------------------------------------------------------------------------
     def _current(self) -> _Snapshot:
