@@ -14,8 +14,10 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
+from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from idtoken.api.runtime import Runtime, runtime
@@ -71,27 +73,51 @@ async def session_socket(ws: WebSocket) -> None:
 
 
 class SocketSession:
+    """One open socket. While it waits, it costs one coroutine (uvicorn's task for the
+    connection) and this object: no queue, no helper task. Events arrive through a callback
+    that starts a short task only when there is something to do; the waiting coroutine reads
+    the browser's frames under a deadline set at the session's expiry."""
+
+    __slots__ = ("finished", "newest_claim", "rt", "seq", "session", "token", "ws")
+
     def __init__(self, rt: Runtime, ws: WebSocket, session: SessionRecord, token: str) -> None:
         self.rt = rt
         self.ws = ws
         self.session = session
         self.token = token
-        self.events: asyncio.Queue[Event | None] = asyncio.Queue()
         self.seq = 0
+        self.newest_claim = 0  # the highest socket claim seen for this session
+        self.finished = False  # a terminal message or a close has been started
 
     def _on_event(self, session_id: str, event: Event | None) -> None:
-        self.events.put_nowait(event)
+        if self.finished:
+            return
+        if event is not None and event.claim is not None:
+            self.newest_claim = max(self.newest_claim, event.claim)
+            if event.claim > self.seq > 0:  # before our own claim returns, run() decides
+                self.finished = True
+                _spawn(self._close(CLOSE_REPLACED))
+            return
+        if event is not None and event.final is not None:
+            self.finished = True
+            _spawn(self._deliver(event.final))
+            return
+        # The event stream reconnected: re-read what may have been missed.
+        _spawn(self._reread_and_deliver())
 
     async def run(self) -> None:
         store = self.rt.store
         # Listen before reading state, so that nothing published in between is missed.
         stop = store.listen(self.session.token_id, self.session.session_id, self._on_event)
-        receiver = asyncio.create_task(self._receive())
         try:
             self.seq = await store.claim_socket(self.session.token_id, self.session.session_id)
+            if self.newest_claim > self.seq:
+                # A newer socket's claim overtook our own reply.
+                await self._finish_with(CLOSE_REPLACED)
+                return
             current = await store.get_session(self.session.token_id, self.session.session_id)
             if current is None:
-                await self._close(CLOSE_UNKNOWN)
+                await self._finish_with(CLOSE_UNKNOWN)
                 return
             if current.state == "pending" and self.rt.clock.now() >= current.expires_at:
                 # Expired but nobody noticed yet: the browser gets `expired`, not the code.
@@ -106,56 +132,50 @@ class SocketSession:
                     "expiresAt": iso_z(current.expires_at),
                 }
             )
-            await self._wait(receiver)
+            await self._wait()
         except StoreUnavailable:
-            await self._close(CLOSE_INTERNAL)
+            await self._finish_with(CLOSE_INTERNAL)
         except (WebSocketDisconnect, RuntimeError):
             pass  # the browser went away
         finally:
             stop()
-            receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receiver
 
-    async def _wait(self, receiver: asyncio.Task[int]) -> None:
-        clock = self.rt.clock
+    async def _wait(self) -> None:
+        """Read (and ignore) the browser's frames until it goes away, a decision closes the
+        socket, or the session's lifetime runs out."""
+        loop = asyncio.get_running_loop()
         while True:
-            timeout = max(0.0, self.session.expires_at - clock.now())
-            getter = asyncio.ensure_future(self.events.get())
-            done, _ = await asyncio.wait(
-                {getter, receiver}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if receiver in done:
-                getter.cancel()
-                code = receiver.result()
-                if code:
-                    await self._close(code)
+            remaining = max(0.0, self.session.expires_at - self.rt.clock.now())
+            try:
+                async with asyncio.timeout_at(loop.time() + remaining):
+                    while True:
+                        message = await self.ws.receive()
+                        if message["type"] == "websocket.disconnect":
+                            return
+                        if _frame_size(message) > MAX_FRAME:
+                            await self._finish_with(CLOSE_TOO_BIG)
+                            return
+            except TimeoutError:
+                pass
+            if self.finished:
                 return
-            if getter in done:
-                event = getter.result()
-                if event is not None and event.claim is not None:
-                    if event.claim > self.seq:
-                        await self._close(CLOSE_REPLACED)
-                        return
-                    continue
-                if event is not None and event.final is not None:
-                    await self._deliver(event.final)
-                    return
-                # Reconnected event stream: re-read what may have been missed.
-                current = await self._reread()
-                if current is not None and await self._deliver_if_final(current):
-                    return
-                continue
-            getter.cancel()
             # Our own timer: the session's lifetime has passed unless a decision beat it.
             current = await self._expire()
             if current is None:
-                await self._close(CLOSE_UNKNOWN)
+                await self._finish_with(CLOSE_UNKNOWN)
                 return
-            if current.state == "expired":
+            if current.state == "expired" and not self.finished:
                 self.rt.metrics.expired.labels(current.service_id).inc()
             if await self._deliver_if_final(current):
                 return
+
+    async def _reread_and_deliver(self) -> None:
+        try:
+            current = await self._reread()
+        except StoreUnavailable:
+            return
+        if current is not None:
+            await self._deliver_if_final(current)
 
     async def _reread(self) -> SessionRecord | None:
         return await self._retrying(
@@ -186,8 +206,14 @@ class SocketSession:
     async def _deliver_if_final(self, session: SessionRecord) -> bool:
         if session.state == "pending" or session.result is None:
             return False
-        await self._deliver(session.result)
+        if not self.finished:
+            self.finished = True
+            await self._deliver(session.result)
         return True
+
+    async def _finish_with(self, code: int) -> None:
+        self.finished = True
+        await self._close(code)
 
     async def _deliver(self, final: str) -> None:
         message = json.loads(final)
@@ -212,14 +238,20 @@ class SocketSession:
             with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                 await self.ws.close(code)
 
-    async def _receive(self) -> int:
-        """Read (and ignore) what the browser sends; returns a close code, or 0 on disconnect."""
-        while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return 0
-            text = message.get("text")
-            data = message.get("bytes")
-            size = len(text.encode("utf-8")) if text is not None else len(data or b"")
-            if size > MAX_FRAME:
-                return CLOSE_TOO_BIG
+
+def _frame_size(message: Message) -> int:
+    text = message.get("text")
+    if text is not None:
+        return len(text.encode("utf-8"))
+    return len(message.get("bytes") or b"")
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    """Run an event's follow-up (deliver, close) without blocking the event dispatcher; keep
+    a reference until it is done so that it is not garbage-collected mid-flight."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
