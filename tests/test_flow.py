@@ -10,7 +10,7 @@ import websockets
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from conftest import Operator
+from conftest import Operator, OperatorFactory
 from idtoken.client import ResultError
 
 
@@ -165,3 +165,23 @@ async def test_public_service_accepts_the_seed_call_without_authorization(
     assert resp.status_code == 201
     assert set(resp.json()) == {"sessionId", "autoPassword", "wsToken", "expiresAt", "random"}
     assert isinstance(httpx.Response, type)
+
+
+async def test_x02_a_token_for_one_service_fails_another_services_verifier(
+    make_operator: OperatorFactory, redis_url: str
+) -> None:
+    services = [
+        {"id": "shop", "audience": "shop-audience", "allowed_scopes": ["identity:name"]},
+        {"id": "bank", "audience": "bank-audience", "allowed_scopes": ["identity:name"]},
+    ]
+    async with make_operator(services=services) as op:
+        device = await op.enrolled("user-x2")
+        shop = op.rp("shop")
+        started = await shop.initiate("user-x2")
+        resp = await device.approve(started.session_id, started.auto_password, [])
+        assert resp.status_code == 200
+        message = await shop.wait_result(started, timeout=5)
+        assert (await shop.verify_jwt(message["jwt"]))["aud"] == "shop-audience"
+        with pytest.raises(ResultError) as info:
+            await op.rp("bank").verify_jwt(message["jwt"])
+        assert info.value.kind == "invalid_jwt"
