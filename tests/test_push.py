@@ -589,6 +589,7 @@ def test_unreadable_vapid_key_file_names_the_path(tmp_path: Path) -> None:
 
 # --- subscriptions --------------------------------------------------------------------------
 
+
 def _key_with_url_safe_characters() -> str:
     # The "standard alphabet" case below needs a key whose base64url has '-' or '_' in it.
     while True:
