@@ -387,3 +387,32 @@ class OperatorProcess:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+# ----------------------------------------------------------------------------- browser sockets
+async def recv_json(sock: Any, timeout: float = 5.0) -> dict[str, Any]:
+    """The next message on a ``websockets`` client socket, as JSON."""
+    message: dict[str, Any] = json.loads(await asyncio.wait_for(sock.recv(), timeout))
+    return message
+
+
+async def closed_code(sock: Any, timeout: float = 10.0) -> int | None:
+    """Wait for the server to close the socket; its close code."""
+    import websockets
+
+    try:
+        await asyncio.wait_for(sock.recv(), timeout)
+    except websockets.ConnectionClosed:
+        code: int | None = sock.close_code
+        return code
+    raise AssertionError("the socket received a message instead of closing")
+
+
+def otp_ready(started: Any) -> dict[str, Any]:
+    """The ``otp_ready`` message a socket for ``started`` (an Initiation) must receive."""
+    return {
+        "type": "otp_ready",
+        "sessionId": started.session_id,
+        "autoPassword": started.auto_password,
+        "expiresAt": started.expires_at,
+    }

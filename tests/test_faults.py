@@ -41,6 +41,9 @@ from support import (
     OperatorConfig,
     OperatorProcess,
     RedisServer,
+    closed_code,
+    otp_ready,
+    recv_json,
     redis_server,
 )
 
@@ -184,26 +187,6 @@ async def enroll(fleet: Fleet, node: Node, token_id: str | None = None) -> Devic
     device = Device(node.http, device_id=f"dev-{token_id}")
     await device.enroll(fleet.config.issuers[0].mint(token_id, given_name="Ada"))
     return device
-
-
-async def recv_json(sock: websockets.ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    message: dict[str, Any] = json.loads(await asyncio.wait_for(sock.recv(), timeout))
-    return message
-
-
-async def closed_code(sock: websockets.ClientConnection, timeout: float = 10.0) -> int | None:
-    with pytest.raises(websockets.ConnectionClosed):
-        await asyncio.wait_for(sock.recv(), timeout)
-    return sock.close_code
-
-
-def otp_ready(started: Initiation) -> dict[str, Any]:
-    return {
-        "type": "otp_ready",
-        "sessionId": started.session_id,
-        "autoPassword": started.auto_password,
-        "expiresAt": started.expires_at,
-    }
 
 
 def jwt_claims(token: str) -> dict[str, Any]:

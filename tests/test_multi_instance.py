@@ -26,7 +26,15 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from idtoken.client import Device, Initiation, RelyingParty
-from support import OperatorConfig, OperatorProcess, RedisServer, redis_server
+from support import (
+    OperatorConfig,
+    OperatorProcess,
+    RedisServer,
+    closed_code,
+    otp_ready,
+    recv_json,
+    redis_server,
+)
 
 AUDIENCE = "shop-audience"
 
@@ -109,26 +117,6 @@ async def enroll(cluster: Cluster, node: Node, token_id: str) -> Device:
     device = Device(node.http, device_id=f"dev-{token_id}")
     await device.enroll(cluster.config.issuers[0].mint(token_id, given_name="Ada"))
     return device
-
-
-async def recv_json(sock: websockets.ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    message: dict[str, Any] = json.loads(await asyncio.wait_for(sock.recv(), timeout))
-    return message
-
-
-async def closed_code(sock: websockets.ClientConnection, timeout: float = 10.0) -> int | None:
-    with pytest.raises(websockets.ConnectionClosed):
-        await asyncio.wait_for(sock.recv(), timeout)
-    return sock.close_code
-
-
-def otp_ready(started: Initiation) -> dict[str, Any]:
-    return {
-        "type": "otp_ready",
-        "sessionId": started.session_id,
-        "autoPassword": started.auto_password,
-        "expiresAt": started.expires_at,
-    }
 
 
 async def approve(device: Device, started: Initiation) -> None:

@@ -56,18 +56,15 @@ def verify_integration_jwt(
     jws: jose.CompactJWS, issuer: StaticIssuer, *, now: float, leeway: int, max_lifetime: int
 ) -> Assertion:
     """Verify a seed-000 JWT already parsed by :func:`jose.parse_compact`."""
-    typ = jws.header.get("typ")
-    if typ is not None and typ != "JWT":
-        raise invalid("wrong_typ")
-    try:
-        issuer.verifier.verify(jws)
-        payload = jws.payload
-        check_audience(payload, issuer.settings.audience)
-        jose.check_times(payload, now=now, leeway=leeway, max_lifetime=max_lifetime)
-        exp = jose.numeric_date(payload, "exp", required=True)
-    except jose.JoseError as exc:
-        raise invalid(exc.reason) from exc
-    assert exp is not None
+    exp = check_signed_claims(
+        jws,
+        issuer.verifier,
+        audience=issuer.settings.audience,
+        now=now,
+        leeway=leeway,
+        max_lifetime=max_lifetime,
+    )
+    payload = jws.payload
     sub = payload.get("sub")
     if not isinstance(sub, str) or not ID_PATTERN.match(sub):
         raise invalid("bad_sub")
@@ -79,6 +76,36 @@ def verify_integration_jwt(
         trust_level=issuer.settings.trust_level,
         claims=integration_claims(payload),
     )
+
+
+def check_signed_claims(
+    jws: jose.CompactJWS,
+    verifier: jose.Verifier,
+    *,
+    audience: str,
+    now: float,
+    leeway: int,
+    max_lifetime: int,
+) -> int:
+    """What every enrollment token must pass: its ``typ`` (absent or ``JWT``), its signature
+    by the verifier pinned for its issuer, ``aud``, and the times; returns ``exp``."""
+    check_typ(jws)
+    try:
+        verifier.verify(jws)
+        check_audience(jws.payload, audience)
+        jose.check_times(jws.payload, now=now, leeway=leeway, max_lifetime=max_lifetime)
+        exp = jose.numeric_date(jws.payload, "exp", required=True)
+    except jose.JoseError as exc:
+        raise invalid(exc.reason) from exc
+    assert exp is not None
+    return exp
+
+
+def check_typ(jws: jose.CompactJWS) -> None:
+    """Enrollment tokens are JWTs: ``typ`` absent or ``JWT`` (our credential's differs, J14)."""
+    typ = jws.header.get("typ")
+    if typ is not None and typ != "JWT":
+        raise invalid("wrong_typ")
 
 
 def check_audience(payload: Mapping[str, Any], audience: str) -> None:

@@ -27,7 +27,13 @@ from typing import Any
 
 from idtoken import jose
 from idtoken.clock import Clock
-from idtoken.enrollment.assertion import Assertion, check_audience, invalid, require_jti
+from idtoken.enrollment.assertion import (
+    Assertion,
+    check_signed_claims,
+    check_typ,
+    invalid,
+    require_jti,
+)
 from idtoken.enrollment.jwks import RemoteJwks
 from idtoken.errors import ConfigError, InvalidEnrollmentToken
 from idtoken.settings import EnrollmentSettings, IssuerSettings
@@ -107,20 +113,21 @@ async def verify_kyc_jws(
     kid = header.get("kid")
     if not isinstance(kid, str):
         raise invalid("kyc_missing_kid")
-    typ = header.get("typ")
-    if typ is not None and typ != "JWT":
-        raise invalid("wrong_typ")
+    check_typ(jws)  # every header check before a key is fetched
     if payload.get("iss") != issuer.settings.issuer:
         raise invalid("wrong_iss")
     try:
         verifier = await issuer.jwks.verifier(kid)
-        verifier.verify(jws)
-        check_audience(payload, issuer.settings.audience)
-        jose.check_times(payload, now=now, leeway=leeway, max_lifetime=max_lifetime)
-        exp = jose.numeric_date(payload, "exp", required=True)
     except jose.JoseError as exc:
         raise invalid(exc.reason) from exc
-    assert exp is not None
+    exp = check_signed_claims(
+        jws,
+        verifier,
+        audience=issuer.settings.audience,
+        now=now,
+        leeway=leeway,
+        max_lifetime=max_lifetime,
+    )
     jti = require_jti(payload)
     today = datetime.datetime.fromtimestamp(now, tz=datetime.UTC).date()
     claims, level, expiry = uqudo_claims(payload, today=today)
