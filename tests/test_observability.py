@@ -136,3 +136,36 @@ async def test_logs_never_contain_secrets_or_identity(
     for line in lines:
         for value in secrets_seen:
             assert value not in line, f"a secret reached the log: {line}"
+
+
+async def test_metrics_add_up_across_workers(tmp_path: Path, redis_url: str) -> None:
+    """`serve --workers 2`: /metrics aggregates every worker's counts (multi-process mode)."""
+    import httpx
+
+    from idtoken.client import Device
+    from support import OperatorProcess
+
+    cfg = OperatorConfig(tmp_path / "mw", redis_url=redis_url, extra=METRICS)
+    proc = OperatorProcess(cfg.write(), args=("--workers", "2"))
+    with proc:
+        for n in range(4):
+            # A new connection each time, so that both workers take some.
+            async with httpx.AsyncClient(base_url=proc.url) as http:
+                device = Device(http, device_id=f"dev-{n}")
+                await device.enroll(cfg.issuers[0].mint(f"user-mw{n}"))
+                resp = await http.post(
+                    "/auth/initiate", json={"tokenId": f"user-mw{n}", "serviceId": "shop"}
+                )
+                assert resp.status_code == 201
+        async with httpx.AsyncClient(base_url=proc.url) as http:
+            text = (
+                await http.get(
+                    "/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}
+                )
+            ).text
+    assert 'idtoken_sessions_initiated_total{service="shop"} 4.0' in text, text
+    assert "idtoken_initiate_seconds_count 4.0" in text, text
+    assert (
+        'idtoken_enrollments_total{issuer="https://integration.test",outcome="enrolled"} 4.0'
+        in text
+    ), text

@@ -73,7 +73,8 @@ async def verify(request: Request) -> Response:
         credential=f.compact_jws("credential"),
         signature=f.signature(),
     )
-    await rt.login.verify(req)
+    with rt.metrics.verify_seconds.time():
+        await rt.login.verify(req)
     return json_response({"status": "approved"})
 
 

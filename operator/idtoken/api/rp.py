@@ -30,7 +30,8 @@ async def initiate(request: Request) -> Response:
         raise UnknownService("unknown serviceId")
     authenticate_client(service, request.headers.get("authorization"))
     # Repeated scopes are canonicalised away rather than refused.
-    started = await rt.login.initiate(service, token_id, tuple(dict.fromkeys(scopes)), nonce)
+    with rt.metrics.initiate_seconds.time():
+        started = await rt.login.initiate(service, token_id, tuple(dict.fromkeys(scopes)), nonce)
     return json_response(
         {
             "sessionId": started.session_id,
