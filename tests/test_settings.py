@@ -244,3 +244,13 @@ def test_cli_without_config_says_how_to_give_one(tmp_path: Path) -> None:
         [sys.executable, "-m", "idtoken", "check-config"], capture_output=True, text=True, env=env
     )
     assert result.returncode == 2 and "IDTOKEN_CONFIG" in result.stderr
+
+
+def test_cli_demo_init_writes_a_configuration_that_loads(tmp_path: Path) -> None:
+    target = tmp_path / "demo" / "site.toml"
+    result = cli("demo", "init", "--config", str(target), "--issuer", "http://127.0.0.1:9")
+    assert result.returncode == 0, result.stderr
+    assert cli("check-config", "--config", str(target)).returncode == 0
+    settings = load_settings(target, environ={})
+    assert settings.demo.enabled and set(settings.services) == {"demo-shop", "demo-typed"}
+    assert settings.services["demo-typed"].otp_mode == "typed"

@@ -100,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     demo_sub = demo.add_subparsers(required=True, metavar="ACTION")
     init = demo_sub.add_parser("init", help="write a demo configuration into a directory")
     init.add_argument("--dir", default="var", help="directory (default var)")
+    init.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the file to write (default DIR/demo.toml); its directory replaces --dir",
+    )
     init.add_argument("--issuer", default="http://127.0.0.1:8000", help="the operator's URL")
     init.set_defaults(handler=_demo_init)
     return parser
@@ -152,7 +157,12 @@ def _demo_init(args: argparse.Namespace) -> int:
 
     from idtoken.demo.config import write_demo_config
 
-    print(write_demo_config(Path(args.dir), args.issuer))
+    if args.config:
+        target = Path(args.config)
+        written = write_demo_config(target.parent, args.issuer, name=target.name)
+    else:
+        written = write_demo_config(Path(args.dir), args.issuer)
+    print(written)
     return 0
 
 

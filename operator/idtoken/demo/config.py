@@ -57,8 +57,8 @@ issuer_private_key_file = "demo-issuer.key.pem"
 """
 
 
-def write_demo_config(directory: Path, issuer: str) -> Path:
-    """Create ``directory/demo.toml`` and the demo issuer's key pair; returns the config path."""
+def write_demo_config(directory: Path, issuer: str, *, name: str = "demo.toml") -> Path:
+    """Create ``directory/name`` and the demo issuer's key pair; returns the config path."""
     directory.mkdir(parents=True, exist_ok=True)
     private_path = directory / "demo-issuer.key.pem"
     if not private_path.exists():
@@ -77,6 +77,6 @@ def write_demo_config(directory: Path, issuer: str) -> Path:
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
-    path = directory / "demo.toml"
+    path = directory / name
     path.write_text(_TEMPLATE.format(issuer=issuer.rstrip("/"), suffix=DEMO_ISSUER_SUFFIX))
     return path
