@@ -12,7 +12,6 @@ configuration file.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import re
 import tomllib
@@ -26,6 +25,7 @@ from urllib.parse import urlsplit
 from idtoken.errors import ConfigError
 from idtoken.scopes import KNOWN_SCOPES
 from idtoken.store.connect import RedisUrlError, TlsFiles, parse_redis_url
+from idtoken.urls import is_loopback_host
 
 ENV_CONFIG = "IDTOKEN_CONFIG"
 ENV_REDIS_URL = "IDTOKEN_REDIS_URL"
@@ -433,15 +433,6 @@ def _check_fetch_url(key: str, value: str) -> None:
     if parts.scheme == "http" and parts.hostname and is_loopback_host(parts.hostname):
         return
     raise ConfigError(key, "must be an https:// URL (http:// only for loopback hosts)")
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def secret_digest(secret: str) -> str:

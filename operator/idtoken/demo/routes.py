@@ -44,7 +44,8 @@ from idtoken.client.relying_party import Initiation, JwksCache, RelyingParty, Re
 from idtoken.demo.config import DEMO_ISSUER_SUFFIX
 from idtoken.errors import InvalidRequest, NotFound, OperatorError, UnknownService
 from idtoken.scopes import COMPOSITES, KNOWN_SCOPES, SCOPE_CLAIMS
-from idtoken.settings import IssuerSettings, ServiceSettings, Settings, is_loopback_host
+from idtoken.settings import IssuerSettings, ServiceSettings, Settings
+from idtoken.urls import is_loopback_host
 
 log = logging.getLogger("idtoken.demo")
 

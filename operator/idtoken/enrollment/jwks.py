@@ -38,9 +38,9 @@ from yarl import URL
 from idtoken import jose
 from idtoken.clock import Clock
 from idtoken.errors import TemporarilyUnavailable
-from idtoken.settings import is_loopback_host
 from idtoken.store.base import Store
 from idtoken.strictjson import StrictJsonError, loads_strict_json
+from idtoken.urls import is_loopback_host
 
 __all__ = ["MAX_JWKS_BYTES", "JwksFetchError", "RemoteJwks", "parse_jwks"]
 

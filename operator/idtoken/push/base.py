@@ -7,10 +7,7 @@ validated strictly before it is stored: a push is an outbound request to that UR
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,8 +16,10 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from idtoken import jose
+from idtoken.urls import is_loopback_host
+
 MAX_ENDPOINT_LENGTH = 1024
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 # Printable ASCII without space: a URL on the wire never needs more, and this keeps control
 # characters and header-splitting tricks out of the request line.
 _URL_CHARS = re.compile(r"[\x21-\x7e]+")
@@ -32,31 +31,15 @@ _KEY_MEMBERS = frozenset({"p256dh", "auth"})
 
 
 def b64url_decode(value: str, *, what: str) -> bytes:
-    """Decode canonical unpadded base64url; anything else (padding, ``+/``, spaces) is refused."""
-    if not _B64URL.fullmatch(value) or len(value) % 4 == 1:
-        raise ValueError(f"{what} must be unpadded base64url")
+    """Decode canonical unpadded base64url (padding, ``+/``, spaces and non-zero trailing
+    bits refused, so each key has exactly one accepted spelling); ValueError names ``what``."""
     try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{what} must be unpadded base64url") from None
-    # Reject non-zero trailing bits so that each key has exactly one accepted spelling.
-    if b64url_encode(raw) != value:
-        raise ValueError(f"{what} must be canonical base64url")
-    return raw
+        return jose.b64url_decode(value)
+    except jose.JoseError:
+        raise ValueError(f"{what} must be canonical unpadded base64url") from None
 
 
-def b64url_encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and literal addresses in 127.0.0.0/8 or ``::1``."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+b64url_encode = jose.b64url_encode
 
 
 def endpoint_origin(endpoint: str) -> str:
