@@ -90,6 +90,7 @@ SCOPE_LABELS: dict[str, str] = {
 
 _STATIC_TYPES = {
     "demo.css": "text/css; charset=utf-8",
+    "dom.js": "text/javascript; charset=utf-8",
     "login.js": "text/javascript; charset=utf-8",
     "phone.js": "text/javascript; charset=utf-8",
 }
