@@ -1,4 +1,4 @@
-// Small DOM helpers shared by the demo pages (loaded before login.js and phone.js).
+// Small DOM and HTTP helpers shared by the demo pages (loaded before login.js and phone.js).
 "use strict";
 
 window.demoDom = (() => {
@@ -21,5 +21,31 @@ window.demoDom = (() => {
     return el;
   }
 
-  return { sentence, h };
+  /** GET (no body) or POST JSON; throws an Error whose message is the operator's
+   * error_description as a sentence, with `code` and `status`, or `network` set when the
+   * request never got an answer (message: `unreachable`). */
+  async function api(path, body, unreachable) {
+    let resp;
+    try {
+      resp = await fetch(path, {
+        method: body === undefined ? "GET" : "POST",
+        headers: body === undefined ? {} : { "Content-Type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (e) {
+      const err = new Error(unreachable);
+      err.network = true;
+      throw err;
+    }
+    const data = await resp.json().catch(() => ({}));
+    if (!resp.ok) {
+      const err = new Error(sentence(data.error_description || `HTTP error ${resp.status}`));
+      err.code = data.error;
+      err.status = resp.status;
+      throw err;
+    }
+    return data;
+  }
+
+  return { sentence, h, api };
 })();

@@ -42,7 +42,7 @@
   let current = null; // {login, ws, timer, done, retries}
   let tokenEdited = false;
 
-  const { sentence, h } = window.demoDom; // dom.js, loaded first
+  const { h } = window.demoDom; // dom.js, loaded first
 
   function show(section) {
     $("start-wrap").hidden = section !== "start";
@@ -55,26 +55,7 @@
     $("form-error").hidden = !message;
   }
 
-  async function api(path, body) {
-    let resp;
-    try {
-      resp = await fetch(path, {
-        method: body === undefined ? "GET" : "POST",
-        headers: body === undefined ? {} : { "Content-Type": "application/json" },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-    } catch (e) {
-      throw new Error("The server cannot be reached.");
-    }
-    const data = await resp.json().catch(() => ({}));
-    if (!resp.ok) {
-      const err = new Error(sentence(data.error_description || `HTTP error ${resp.status}`));
-      err.code = data.error;
-      err.status = resp.status;
-      throw err;
-    }
-    return data;
-  }
+  const api = (path, body) => window.demoDom.api(path, body, "The server cannot be reached.");
 
   // ---------------------------------------------------------------- the form
   function selectedService() {

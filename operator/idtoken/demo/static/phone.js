@@ -26,7 +26,7 @@
   const cards = new Map(); // sessionId -> {session, el, busy}
   const finished = new Set();
 
-  const { sentence, h } = window.demoDom; // dom.js, loaded first
+  const { h } = window.demoDom; // dom.js, loaded first
 
   // ---------------------------------------------------------------- encoding and crypto
   function b64url(bytes) {
@@ -94,28 +94,7 @@
   const dropKeys = () => idb("readwrite", (s) => s.delete("device"));
 
   // ---------------------------------------------------------------- HTTP
-  async function api(path, body) {
-    let resp;
-    try {
-      resp = await fetch(path, {
-        method: body === undefined ? "GET" : "POST",
-        headers: body === undefined ? {} : { "Content-Type": "application/json" },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-    } catch (e) {
-      const err = new Error("The operator cannot be reached.");
-      err.network = true;
-      throw err;
-    }
-    const data = await resp.json().catch(() => ({}));
-    if (!resp.ok) {
-      const err = new Error(sentence(data.error_description || `HTTP error ${resp.status}`));
-      err.code = data.error;
-      err.status = resp.status;
-      throw err;
-    }
-    return data;
-  }
+  const api = (path, body) => window.demoDom.api(path, body, "The operator cannot be reached.");
 
   function setConn(kind, text) {
     const pill = $("conn");
