@@ -97,15 +97,12 @@ class Fields:
             raise InvalidRequest(f"{name} must not contain control characters")
         return value
 
-    def compact_jws(self, name: str, *, max_length: int | None = None) -> str:
-        """A token as text. On the operator's endpoints its size and form are the token
-        verifier's business, so that an oversized or malformed token gets the same answer as
-        any other bad token (J10); ``max_length`` is for callers without such a verifier."""
+    def compact_jws(self, name: str) -> str:
+        """A token as text. Its size and form are the token verifier's business, so that an
+        oversized or malformed token gets the same answer as any other bad token (J10)."""
         value = self.body[name]
         if not isinstance(value, str) or not value:
             raise InvalidRequest(f"{name} must be a compact JWS string")
-        if max_length is not None and len(value) > max_length:
-            raise InvalidRequest(f"{name} must be at most {max_length} characters")
         return value
 
     def timestamp(self, name: str = "timestamp") -> int:
