@@ -23,6 +23,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from idtoken.errors import ConfigError
+from idtoken.ids import ID_PATTERN
 from idtoken.scopes import KNOWN_SCOPES
 from idtoken.store.connect import RedisUrlError, TlsFiles, parse_redis_url
 from idtoken.urls import is_loopback_host
@@ -31,7 +32,6 @@ ENV_CONFIG = "IDTOKEN_CONFIG"
 ENV_REDIS_URL = "IDTOKEN_REDIS_URL"
 ENV_ISSUER = "IDTOKEN_ISSUER"
 
-_SERVICE_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 OtpMode = Literal["display", "typed"]
@@ -296,7 +296,7 @@ def _parse_service(t: _Table) -> ServiceSettings:
         "token_ttl",
     )
     sid = t.get_str("id", required=True)
-    if not _SERVICE_ID.match(sid):
+    if not ID_PATTERN.match(sid):
         raise ConfigError(t.key("id"), "must match ^[A-Za-z0-9._:@-]{1,128}$")
     allowed = t.scopes("allowed_scopes", required=True)
     if not allowed:

@@ -17,8 +17,8 @@ from typing import Any
 from idtoken import jose
 from idtoken.enrollment.issuers import StaticIssuer
 from idtoken.errors import InvalidEnrollmentToken
+from idtoken.ids import ID_PATTERN
 
-ID_PATTERN = re.compile(r"\A[A-Za-z0-9._:@-]{1,128}\Z")
 _DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
 _ALPHA3 = re.compile(r"\A[A-Z]{3}\Z")
 _JTI_MAX = 256
