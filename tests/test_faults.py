@@ -281,6 +281,7 @@ class Browser:
     finals: list[dict[str, Any]] = field(default_factory=list)  # every terminal message
     closes: list[int | None] = field(default_factory=list)
     gave_up: str | None = None  # why it stopped without a terminal message
+    failures: list[str] = field(default_factory=list)  # what a 1006 was, for the report
     finished_at: float | None = None
 
     async def run(self, deadline: float) -> None:
@@ -313,8 +314,10 @@ class Browser:
                     self.gave_up = "hung: no terminal message before the deadline"
                     return
                 code = 1006  # the handshake timed out
-            except (OSError, websockets.InvalidHandshake, websockets.ConnectionClosed):
+                self.failures.append(f"{url}: handshake timed out")
+            except (OSError, websockets.InvalidHandshake, websockets.ConnectionClosed) as exc:
                 code = 1006  # refused or dropped: what a browser reports
+                self.failures.append(f"{url}: {exc!r}")
             self.closes.append(code)
             if self.finals:
                 return
@@ -665,7 +668,8 @@ async def test_redis_restart_with_200_flows_in_flight(aof_fleet: Fleet) -> None:
         f"R05: {hit} phones retried; last flow ended {max(ends) - t0:.2f} s after the first"
         f" approval, {max(ends) - restarted:.2f} s after Redis was back; close codes seen"
         f" {Counter(c for br in browsers for c in br.closes)}; phones ended with"
-        f" {Counter(str(p[-1]) for p in phones)}"
+        f" {Counter(str(p[-1]) for p in phones)}; dropped connections"
+        f" {[f for br in browsers for f in br.failures]}"
     )
     assert hit > 0, "no approval met the outage: the test did not exercise it"
     # Sockets end normally after their terminal message, or with a code a client acts on.

@@ -232,6 +232,44 @@ async def test_late_socket_after_approval_gets_the_result_at_once_and_1000(
     assert await drain(ws_url(operator.base_url, started.session_id, "bad")) == ([], 4001)
 
 
+async def test_approval_racing_the_socket_open_always_arrives_then_1000(
+    operator: Operator,
+) -> None:
+    """The decision lands while the socket is being set up (the event and the socket's own
+    read both see it): the browser still gets exactly one ``approved`` and a clean 1000,
+    never a dropped connection (1006)."""
+    tokens = [f"race-{i}" for i in range(3)]
+    by_token = dict(zip(tokens, await asyncio.gather(*map(operator.enrolled, tokens)), strict=True))
+    rp = operator.rp()
+    outcomes: list[tuple[list[str], int | None]] = []
+    for round_ in range(8):
+        owners = tokens * 3  # three pending sessions per token: the cap
+        started = await asyncio.gather(*map(rp.initiate, owners))
+        devices = [by_token[t] for t in owners]
+
+        async def approve(device: Device, s: Initiation, delay: float) -> None:
+            await asyncio.sleep(delay)
+            resp = await device.approve(s.session_id, s.auto_password, ["identity:name"])
+            assert resp.status_code == 200, resp.text
+
+        results = await asyncio.gather(
+            *(drain(rp.socket_url(s)) for s in started),
+            *(
+                approve(d, s, 0.0005 * ((i + round_) % 10))
+                for i, (d, s) in enumerate(zip(devices, started, strict=True))
+            ),
+        )
+        for s, (frames, code) in zip(started, results[: len(started)], strict=True):
+            kinds = [f["type"] for f in frames]
+            outcomes.append((kinds, code))
+            if kinds[-1:] == ["approved"]:
+                assert rp.hash_ok(s, frames[-1])
+    assert all(kinds[-1:] == ["approved"] and code == 1000 for kinds, code in outcomes), [
+        o for o in outcomes if o[0][-1:] != ["approved"] or o[1] != 1000
+    ]
+    assert {tuple(kinds) for kinds, _ in outcomes} <= {("approved",), ("otp_ready", "approved")}
+
+
 # ----------------------------------------------------------------------------- origins
 @pytest.fixture
 async def guarded(make_operator: OperatorFactory, redis_url: str) -> Any:

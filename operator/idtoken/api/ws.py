@@ -76,9 +76,23 @@ class SocketSession:
     """One open socket. While it waits, it costs one coroutine (uvicorn's task for the
     connection) and this object: no queue, no helper task. Events arrive through a callback
     that starts a short task only when there is something to do; the waiting coroutine reads
-    the browser's frames under a deadline set at the session's expiry."""
+    the browser's frames under a deadline set at the session's expiry.
 
-    __slots__ = ("finished", "newest_claim", "rt", "seq", "session", "token", "ws")
+    Whoever sets ``finished`` sends the terminal message and closes. When that is an event's
+    task, ``run`` waits for it before returning: the server drops the connection without a
+    close frame (the browser sees 1006 and no message) once the handler returns."""
+
+    __slots__ = (
+        "finished",
+        "finisher",
+        "newest_claim",
+        "rt",
+        "seq",
+        "session",
+        "tasks",
+        "token",
+        "ws",
+    )
 
     def __init__(self, rt: Runtime, ws: WebSocket, session: SessionRecord, token: str) -> None:
         self.rt = rt
@@ -88,6 +102,8 @@ class SocketSession:
         self.seq = 0
         self.newest_claim = 0  # the highest socket claim seen for this session
         self.finished = False  # a terminal message or a close has been started
+        self.finisher: asyncio.Task[None] | None = None  # the task that is finishing, if any
+        self.tasks: set[asyncio.Task[None]] = set()  # event follow-ups still running
 
     def _on_event(self, session_id: str, event: Event | None) -> None:
         if self.finished:
@@ -96,14 +112,34 @@ class SocketSession:
             self.newest_claim = max(self.newest_claim, event.claim)
             if event.claim > self.seq > 0:  # before our own claim returns, run() decides
                 self.finished = True
-                _spawn(self._close(CLOSE_REPLACED))
+                self.finisher = self._spawn(self._close(CLOSE_REPLACED))
             return
         if event is not None and event.final is not None:
             self.finished = True
-            _spawn(self._deliver(event.final))
+            self.finisher = self._spawn(self._deliver(event.final))
             return
         # The event stream reconnected: re-read what may have been missed.
-        _spawn(self._reread_and_deliver())
+        self._spawn(self._reread_and_deliver())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run an event's follow-up without blocking the event dispatcher; the set keeps a
+        reference until it is done, so that it is not garbage-collected mid-flight."""
+        task = asyncio.get_running_loop().create_task(_unless_gone(coro))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _settle(self) -> None:
+        """Before the handler returns: let a terminal message being sent by an event's task
+        reach the browser, and stop the follow-ups that would only re-read."""
+        self.finished = True
+        me = asyncio.current_task()
+        rereads = [t for t in self.tasks if t is not self.finisher]
+        for task in rereads:
+            task.cancel()
+        waiting = [*rereads, *([self.finisher] if self.finisher not in (None, me) else [])]
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
 
     async def run(self) -> None:
         store = self.rt.store
@@ -139,6 +175,7 @@ class SocketSession:
             pass  # the browser went away
         finally:
             stop()
+            await self._settle()
 
     async def _wait(self) -> None:
         """Read (and ignore) the browser's frames until it goes away, a decision closes the
@@ -208,6 +245,7 @@ class SocketSession:
             return False
         if not self.finished:
             self.finished = True
+            self.finisher = asyncio.current_task()
             await self._deliver(session.result)
         return True
 
@@ -246,12 +284,7 @@ def _frame_size(message: Message) -> int:
     return len(message.get("bytes") or b"")
 
 
-_background: set[asyncio.Task[None]] = set()
-
-
-def _spawn(coro: Coroutine[Any, Any, None]) -> None:
-    """Run an event's follow-up (deliver, close) without blocking the event dispatcher; keep
-    a reference until it is done so that it is not garbage-collected mid-flight."""
-    task = asyncio.get_running_loop().create_task(coro)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+async def _unless_gone(coro: Coroutine[Any, Any, None]) -> None:
+    """An event's follow-up ends quietly when the browser has gone away meanwhile."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        await coro
