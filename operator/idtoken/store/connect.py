@@ -21,16 +21,22 @@ Query options: on TLS schemes ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`
 clients the store needs: one pooled, retrying client for commands and, for the event stream,
 either one dedicated never-retrying client (standalone, Sentinel) or a factory of per-node
 clients (Cluster, where sharded pub/sub is served by the node that owns a channel's slot).
+Standalone and ``unix://`` targets also get the *lane*: one lean pipelined connection
+(:mod:`idtoken.store.resp`) that carries the login path's scripts and reads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from idtoken.store.resp import Link, RespClient
 
 Mode = Literal["standalone", "unix", "sentinel", "cluster"]
 
@@ -274,6 +280,7 @@ class Connections:
     target: RedisTarget
     commands: Any
     events: Any
+    lane: RespClient | None = None
     _node_kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
     _closers: list[Any] = field(default_factory=list, repr=False)
 
@@ -290,7 +297,7 @@ class Connections:
         return aioredis.Redis(host=host, port=port, **self._node_kwargs)
 
     async def aclose(self) -> None:
-        for closer in (self.commands, self.events, *self._closers):
+        for closer in (self.lane, self.commands, self.events, *self._closers):
             if closer is not None:
                 with contextlib.suppress(Exception):
                     await closer.aclose()
@@ -336,7 +343,7 @@ def open_connections(url: str, tls: TlsFiles | None = None) -> Connections:
             "max_connections": 1,
             "protocol": 2,
         }
-        return Connections(target, cluster, None, node_kwargs)
+        return Connections(target, cluster, None, _node_kwargs=node_kwargs)
 
     if target.mode == "sentinel":
         sentinel_kwargs: dict[str, Any] = {
@@ -387,4 +394,52 @@ def open_connections(url: str, tls: TlsFiles | None = None) -> Connections:
         retry=never_retry(),
         **common,
     )
-    return Connections(target, standalone, events)
+    return Connections(target, standalone, events, lane=_lane(target, ssl_kwargs))
+
+
+def ssl_context(ssl_kwargs: Mapping[str, Any]) -> ssl.SSLContext:
+    """The client TLS context redis-py would build from the same ``ssl_*`` settings."""
+    context = ssl.create_default_context()
+    context.check_hostname = bool(ssl_kwargs["ssl_check_hostname"])
+    context.verify_mode = {
+        "required": ssl.CERT_REQUIRED,
+        "optional": ssl.CERT_OPTIONAL,
+        "none": ssl.CERT_NONE,
+    }[ssl_kwargs["ssl_cert_reqs"]]
+    if "ssl_ca_certs" in ssl_kwargs:
+        context.load_verify_locations(cafile=ssl_kwargs["ssl_ca_certs"])
+    if "ssl_certfile" in ssl_kwargs:
+        context.load_cert_chain(ssl_kwargs["ssl_certfile"], ssl_kwargs["ssl_keyfile"])
+    return context
+
+
+def _lane(target: RedisTarget, ssl_kwargs: Mapping[str, Any]) -> RespClient:
+    """The lean connection to a standalone server or unix socket, with the same
+    credentials, database and TLS settings as the redis-py clients."""
+    handshake: list[list[str | int]] = []
+    if target.password is not None:
+        handshake.append(["AUTH", target.username or "default", target.password])
+    if target.db:
+        handshake.append(["SELECT", target.db])
+
+    async def opener(link: Link) -> None:
+        loop = asyncio.get_running_loop()
+        if target.mode == "unix":
+            assert target.socket_path is not None
+            await loop.create_unix_connection(lambda: link, target.socket_path)
+            return
+        host, port = target.hosts[0]
+        if ssl_kwargs:
+            context = ssl_context(ssl_kwargs)
+            await loop.create_connection(
+                lambda: link, host, port, ssl=context, server_hostname=host
+            )
+        else:
+            await loop.create_connection(lambda: link, host, port)
+
+    return RespClient(
+        opener,
+        handshake=handshake,
+        command_timeout=COMMAND_TIMEOUT,
+        connect_timeout=CONNECT_TIMEOUT,
+    )

@@ -62,6 +62,7 @@ from idtoken.store.base import (
 )
 from idtoken.store.connect import Connections, TlsFiles, open_connections
 from idtoken.store.events import LocalListeners
+from idtoken.store.resp import RespError, Script
 
 log = logging.getLogger("idtoken.store")
 
@@ -498,6 +499,9 @@ class RedisStore:
             )
             for name in _SCRIPTS
         }
+        # Standalone and unix: scripts and reads go through the lean pipelined connection.
+        self._lane = self._conn.lane
+        self._lane_scripts = {name: Script(getattr(lua, name)) for name in _SCRIPTS}
         self._listeners = _Listeners()
         self._feed: _ChannelFeed | _ShardFeed = (
             _ShardFeed(self._conn, self._listeners)
@@ -525,7 +529,10 @@ class RedisStore:
         await self._conn.aclose()
 
     async def ping(self) -> None:
-        await self._call(self._r.ping())
+        if self._lane is not None:
+            await self._call(self._lane.execute("PING"))
+        else:
+            await self._call(self._r.ping())
 
     @property
     def events_connected(self) -> bool:
@@ -539,11 +546,27 @@ class RedisStore:
     async def _call(self, awaitable: Awaitable[Any]) -> Any:
         try:
             return await awaitable
-        except (RedisError, RedisClusterException, OSError) as exc:
+        except (RedisError, RedisClusterException, RespError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if self._lane is not None:
+            return await self._call(self._lane.evalsha(self._lane_scripts[name], keys, args))
         return await self._call(self._scripts[name](keys=list(keys), args=list(args)))
+
+    async def _hgetall(self, key: str) -> dict[str, str]:
+        if self._lane is None:
+            fields: dict[str, str] = await self._call(self._r.hgetall(key))
+            return fields
+        flat: list[str] = await self._call(self._lane.execute("HGETALL", key))
+        pairs = iter(flat)
+        return dict(zip(pairs, pairs, strict=True))
+
+    async def _get(self, key: str) -> str | None:
+        value: str | None = await self._call(
+            self._r.get(key) if self._lane is None else self._lane.execute("GET", key)
+        )
+        return value
 
     async def _publish(
         self, name: str, token_id: str, keys: Sequence[str], args: Sequence[Any]
@@ -555,7 +578,7 @@ class RedisStore:
 
     # ---- devices -------------------------------------------------------------------------
     async def get_device(self, token_id: str) -> DeviceRecord | None:
-        fields: dict[str, str] = await self._call(self._r.hgetall(device_key(token_id)))
+        fields = await self._hgetall(device_key(token_id))
         return DeviceRecord.from_fields(fields) if fields else None
 
     async def enroll(
@@ -691,13 +714,11 @@ class RedisStore:
         return created
 
     async def get_session(self, token_id: str, session_id: str) -> SessionRecord | None:
-        fields: dict[str, str] = await self._call(
-            self._r.hgetall(session_key(token_id, session_id))
-        )
+        fields = await self._hgetall(session_key(token_id, session_id))
         return SessionRecord.from_fields(fields) if fields else None
 
     async def find_session(self, session_id: str) -> SessionRecord | None:
-        token_id: str | None = await self._call(self._r.get(_ref_key(session_id)))
+        token_id = await self._get(_ref_key(session_id))
         if token_id is None:
             return None
         return await self.get_session(token_id, session_id)
