@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -215,8 +215,10 @@ async def test_expires_at_is_about_now_plus_ttl_on_the_system_clock(operator: Op
 # ----------------------------------------------------------------------------- S01, O01
 def test_s01_session_ids_and_ws_tokens_are_unique_with_128_bits() -> None:
     n = 100_000
-    session_ids = [ids.new_session_id() for _ in range(n)]
-    ws_tokens = [ids.new_ws_token() for _ in range(n)]
+    fresh = [ids.new_session_secrets() for _ in range(n)]
+    session_ids = [ids.new_session_id() for _ in range(n)] + [f.session_id for f in fresh]
+    ws_tokens = [ids.new_ws_token() for _ in range(n)] + [f.ws_token for f in fresh]
+    n *= 2
     assert len(set(session_ids)) == n
     assert len(set(ws_tokens)) == n
     for sid in session_ids:
@@ -232,9 +234,12 @@ def test_s01_session_ids_and_ws_tokens_are_unique_with_128_bits() -> None:
     assert set("".join(ws_tokens)) == B64URL_ALPHABET
 
 
-def test_o01_otps_are_six_digits_and_uniform() -> None:
+@pytest.mark.parametrize(
+    "make", [ids.new_otp, lambda: ids.new_session_secrets().otp], ids=["alone", "with-session"]
+)
+def test_o01_otps_are_six_digits_and_uniform(make: Callable[[], str]) -> None:
     n = 100_000
-    otps = [ids.new_otp() for _ in range(n)]
+    otps = [make() for _ in range(n)]
     for otp in otps:
         assert OTP.match(otp), otp
     # Per digit position: chi-square with 9 degrees of freedom. 40 is far beyond the 1e-5
@@ -251,6 +256,7 @@ def test_o01_otps_are_six_digits_and_uniform() -> None:
 
 def test_random_is_16_lowercase_hex_characters() -> None:
     values = [ids.new_random() for _ in range(10_000)]
+    values += [ids.new_session_secrets().random for _ in range(10_000)]
     assert all(RANDOM.match(v) for v in values)
     assert len(set(values)) == len(values)
 

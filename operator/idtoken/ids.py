@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import datetime
+import base64
 import hashlib
 import hmac
+import os
 import re
 import secrets
+import time
+from typing import NamedTuple
 
 ID_PATTERN = re.compile(r"\A[A-Za-z0-9._:@-]{1,128}\Z")
 """sessionId, tokenId and deviceId: never contain '|', so signed messages stay unambiguous."""
@@ -30,6 +33,32 @@ def new_otp() -> str:
     return f"{secrets.randbelow(1_000_000):06d}"  # uniform over 000000..999999
 
 
+class SessionSecrets(NamedTuple):
+    session_id: str
+    ws_token: str
+    random: str
+    otp: str
+
+
+_OTP_SPACE = 1_000_000
+_OTP_LIMIT = (1 << 32) - (1 << 32) % _OTP_SPACE  # below it, x % 10**6 is exactly uniform
+
+
+def new_session_secrets() -> SessionSecrets:
+    """Everything random a new session needs, from one read of the system CSPRNG (one system
+    call instead of four): the same sizes as the functions above, the OTP by rejection
+    sampling so that it stays exactly uniform."""
+    raw = os.urandom(52)
+    x = int.from_bytes(raw[48:52], "big")
+    otp = f"{x % _OTP_SPACE:06d}" if x < _OTP_LIMIT else new_otp()
+    return SessionSecrets(
+        session_id="sess_" + base64.urlsafe_b64encode(raw[:16]).rstrip(b"=").decode(),
+        ws_token=base64.urlsafe_b64encode(raw[16:40]).decode(),
+        random=raw[40:48].hex(),
+        otp=otp,
+    )
+
+
 def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
@@ -47,5 +76,5 @@ def result_hash(ws_token: str, session_id: str, random: str, jwt: str) -> str:
 
 def iso_z(epoch: float) -> str:
     """ISO 8601 UTC with a ``Z``, whole seconds (truncated, so never later than the truth)."""
-    moment = datetime.datetime.fromtimestamp(int(epoch), tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    t = time.gmtime(int(epoch))
+    return f"{t[0]:04d}-{t[1]:02d}-{t[2]:02d}T{t[3]:02d}:{t[4]:02d}:{t[5]:02d}Z"

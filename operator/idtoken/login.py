@@ -154,16 +154,17 @@ class LoginService:
             if scope not in KNOWN_SCOPES or scope not in service.allowed_scopes:
                 raise InvalidScope("a requested scope is not allowed for this service")
         now = self._clock.now()
-        ws_token = ids.new_ws_token()
+        fresh = ids.new_session_secrets()
+        ws_token = fresh.ws_token
         session = SessionRecord(
-            session_id=ids.new_session_id(),
+            session_id=fresh.session_id,
             token_id=token_id,
             service_id=service.id,
             scopes=tuple(requested),
             nonce=nonce,
-            otp=ids.new_otp(),
+            otp=fresh.otp,
             ws_token_sha256=ids.sha256_hex(ws_token),
-            random=ids.new_random(),
+            random=fresh.random,
             created_at=now,
             expires_at=now + service.session_ttl,
         )

@@ -7,6 +7,8 @@ extra field whose name says it holds one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -24,23 +26,92 @@ _NEVER = {"otp", "autopassword", "wstoken", "jwt", "credential", "secret", "toke
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``ts``, ``level``, ``logger``, ``msg`` and the extras."""
+
+    _encode = json.JSONEncoder(ensure_ascii=False).encode
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def _timestamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:  # strftime once per second, not once per line
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key in _STANDARD or key.lower() in _NEVER:
+        fields = record.__dict__
+        for key in fields.keys() - _STANDARD:
+            if key.lower() in _NEVER:
                 continue
+            value = fields[key]
             entry[key] = (
                 value if isinstance(value, str | int | float | bool | None) else _text(value)
             )
         if record.exc_info and record.levelno >= logging.ERROR:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return self._encode(entry)
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes formatted lines to a stream. Lines logged on a running event loop are
+    collected and written together once the loop has run its current callbacks (one write
+    system call per loop iteration instead of one per line, under load); anywhere else, and
+    once a batch reaches 64 KiB, they are written at once."""
+
+    BATCH = 64 * 1024
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._batch: list[str] = []
+        self._size = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if not self._batch and loop is not None:
+            loop.call_soon(self._flush_batch)
+        self._batch.append(line)
+        self._size += len(line)
+        if loop is None or self._size >= self.BATCH:
+            self._write_batch()
+
+    def _flush_batch(self) -> None:
+        with self.lock or contextlib.nullcontext():
+            self._write_batch()
+
+    def _write_batch(self) -> None:
+        if not self._batch:
+            return
+        text = "".join(self._batch)
+        self._batch.clear()
+        self._size = 0
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except Exception:  # a full disk or a closed pipe must not break a request
+            self.handleError(logging.makeLogRecord({"msg": "log write failed"}))
+
+    def flush(self) -> None:
+        with self.lock or contextlib.nullcontext():
+            self._write_batch()
+            super().flush()
 
 
 _QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"']+")
@@ -74,7 +145,13 @@ def _text(value: object) -> str:
 
 
 def configure(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    # Nothing we log uses the caller's file and line, thread or process names: skip
+    # collecting them for every record (the logging module's documented optimisation).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    handler = LineHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -24,8 +24,11 @@ log = logging.getLogger("idtoken.http")
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    data = _encode(body).encode("utf-8")
     return Response(
         data,
         status_code=status,

@@ -41,23 +41,10 @@ class LinkDown(ConnectionError):
 
 
 def pack(args: Sequence[Arg]) -> bytes:
-    """One command in RESP: an array of bulk strings."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, bool):
-            raise TypeError("a bool is not a Redis argument")
-        elif isinstance(arg, int):
-            data = b"%d" % arg
-        elif isinstance(arg, float):
-            data = repr(arg).encode()
-        else:
-            raise TypeError(f"{type(arg).__name__} is not a Redis argument")
-        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(out)
+    """One command in RESP (an array of bulk strings), encoded by hiredis: UTF-8 for text,
+    ``repr`` for numbers; anything else (``bool`` and ``None`` included) is a TypeError."""
+    packed: bytes = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]  # stub: 1-tuple
+    return packed
 
 
 @dataclass(frozen=True)
