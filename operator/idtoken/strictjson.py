@@ -77,6 +77,15 @@ def _parse_float(text: str) -> float:
     return value
 
 
+# Built once: json.loads with hooks would build a decoder and its scanner on every call.
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_object_without_duplicates,
+    parse_constant=_refuse_constant,
+    parse_int=_parse_int,
+    parse_float=_parse_float,
+)
+
+
 def _check_strings_encodable(value: Any) -> None:
     # Iterative so that the walk itself cannot recurse (depth is already bounded anyway).
     stack = [value]
@@ -109,13 +118,7 @@ def loads_strict_json(data: bytes) -> Any:
         raise StrictJsonError("invalid_utf8") from None
     _check_depth(text)
     try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_object_without_duplicates,
-            parse_constant=_refuse_constant,
-            parse_int=_parse_int,
-            parse_float=_parse_float,
-        )
+        value = _DECODER.decode(text)
     except StrictJsonError:
         raise
     except (ValueError, RecursionError):
