@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import OperatorFactory
+from idtoken import logs
 from idtoken.app import create_app
 from idtoken.logs import JsonFormatter
 from idtoken.settings import load_settings, secret_digest
@@ -169,3 +173,63 @@ async def test_metrics_add_up_across_workers(tmp_path: Path, redis_url: str) -> 
         'idtoken_enrollments_total{issuer="https://integration.test",outcome="enrolled"} 4.0'
         in text
     ), text
+
+
+# ----------------------------------------------------------------------------- log lines
+@pytest.fixture
+def configured_logs() -> Iterator[io.StringIO]:
+    """The operator's own logging set-up (``logs.configure``), writing to a buffer."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("uvicorn.access").disabled)
+    logs.configure("INFO")
+    stream = io.StringIO()
+    handler = root.handlers[0]
+    assert isinstance(handler, logs.LineHandler)
+    handler.setStream(stream)
+    try:
+        yield stream
+    finally:
+        handler.flush()
+        root.handlers[:], level, logging.getLogger("uvicorn.access").disabled = saved
+        root.setLevel(level)
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, object]]:
+    logging.getLogger().handlers[0].flush()
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_event_writes_the_line_that_logger_info_would(configured_logs: io.StringIO) -> None:
+    log = logging.getLogger("idtoken.login")
+    fields = {"session_id": "sess_1", "service_id": "shop", "attempts": 2, "otp": "123456"}
+    log.info("session initiated", extra=fields)
+    logs.event(log, "session initiated", **fields)
+    standard, lean = _lines(configured_logs)
+    assert standard.pop("ts") and lean.pop("ts")
+    assert (
+        lean
+        == standard
+        == {
+            "level": "info",
+            "logger": "idtoken.login",
+            "msg": "session initiated",
+            "session_id": "sess_1",
+            "service_id": "shop",
+            "attempts": 2,
+        }
+    )  # the OTP is dropped by name on both paths
+
+
+def test_event_goes_through_logging_when_anything_else_listens(
+    configured_logs: io.StringIO, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = logging.getLogger("idtoken.login")
+    with caplog.at_level(logging.INFO):  # a second handler on the root: the normal path
+        logs.event(log, "session approved", session_id="sess_2")
+    assert [(r.getMessage(), r.__dict__["session_id"]) for r in caplog.records] == [
+        ("session approved", "sess_2")
+    ]
+    assert [line["msg"] for line in _lines(configured_logs)] == ["session approved"]
+    logging.getLogger().setLevel(logging.WARNING)
+    logs.event(log, "session approved", session_id="sess_3")  # INFO is off: nothing at all
+    assert len(_lines(configured_logs)) == 1

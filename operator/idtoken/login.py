@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from idtoken import ids
+from idtoken import ids, logs
 from idtoken.clock import Clock
 from idtoken.enrollment.credential import Credential, verify_credential
 from idtoken.errors import (
@@ -178,10 +178,7 @@ class LoginService:
             raise _refusal(result.status, result.retry_after)
         self._remember(session)
         self._metrics.initiated.labels(service.id).inc()
-        log.info(
-            "session initiated",
-            extra={"session_id": session.session_id, "service_id": service.id},
-        )
+        logs.event(log, "session initiated", session_id=session.session_id, service_id=service.id)
         if result.push_subscription is not None and self._dispatcher is not None:
             self._push(service, session, result.push_subscription, now)
         return Initiated(
@@ -325,9 +322,8 @@ class LoginService:
         if t.outcome is Outcome.APPROVED:
             self._metrics.approved.labels(service.id).inc()
             self._metrics.decision_seconds.labels(service.id).observe(now - session.created_at)
-            log.info(
-                "session approved",
-                extra={"session_id": session.session_id, "service_id": service.id},
+            logs.event(
+                log, "session approved", session_id=session.session_id, service_id=service.id
             )
             return
         if t.outcome in (Outcome.STALE_DEVICE, Outcome.REVOKED):

@@ -43,23 +43,38 @@ class JsonFormatter(logging.Formatter):
         return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": self._timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
         fields = record.__dict__
-        for key in fields.keys() - _STANDARD:
-            if key.lower() in _NEVER:
-                continue
-            value = fields[key]
-            entry[key] = (
-                value if isinstance(value, str | int | float | bool | None) else _text(value)
-            )
+        extras = {key: fields[key] for key in fields if key not in _STANDARD}
+        entry = self._entry(record.created, record.levelname, record.name, record.getMessage())
+        _add_fields(entry, extras)
         if record.exc_info and record.levelno >= logging.ERROR:
             entry["exc"] = self.formatException(record.exc_info)
         return self._encode(entry)
+
+    def event_line(self, logger: str, msg: str, fields: dict[str, Any]) -> str:
+        """The line :meth:`format` makes of ``logging.getLogger(logger).info(msg,
+        extra=fields)``, built without a LogRecord (see :func:`event`)."""
+        entry = self._entry(time.time(), "INFO", logger, msg)
+        _add_fields(entry, fields)
+        return self._encode(entry)
+
+    def _entry(self, created: float, level: str, logger: str, msg: str) -> dict[str, Any]:
+        return {
+            "ts": self._timestamp(created),
+            "level": level.lower(),
+            "logger": logger,
+            "msg": msg,
+        }
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _add_fields(entry: dict[str, Any], fields: dict[str, Any]) -> None:
+    for key, value in fields.items():
+        if key.lower() in _NEVER:
+            continue
+        entry[key] = value if isinstance(value, _SCALARS) else _text(value)
 
 
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -81,6 +96,9 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
+        self._queue(line)
+
+    def _queue(self, line: str) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -91,6 +109,11 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._size += len(line)
         if loop is None or self._size >= self.BATCH:
             self._write_batch()
+
+    def write_line(self, line: str) -> None:
+        """Queue one formatted line (without its newline) as :meth:`emit` does."""
+        with self.lock or contextlib.nullcontext():
+            self._queue(line + "\n")
 
     def _flush_batch(self) -> None:
         with self.lock or contextlib.nullcontext():
@@ -144,6 +167,40 @@ def _text(value: object) -> str:
         return f"<{type(value).__name__}>"
 
 
+_installed: list[LineHandler] = []  # the handler configure() put on the root logger
+
+
+def event(logger: logging.Logger, msg: str, **fields: Any) -> None:
+    """``logger.info(msg, extra=fields)`` for the events written on every login (session
+    initiated, approved): the same line, built straight into the handler's batch when the
+    operator's own logging set-up is what would handle it: :func:`configure` ran, its
+    handler is still the only one, and no filter or other handler was added on the way to
+    it (a test's log capture, an embedding application's own handlers). Otherwise, and
+    when INFO is off, it is exactly that ``logger.info`` call."""
+    handler = _installed[0] if _installed else None
+    if handler is not None and logger.isEnabledFor(logging.INFO) and _plain_path(logger, handler):
+        formatter = handler.formatter
+        assert isinstance(formatter, JsonFormatter)
+        handler.write_line(formatter.event_line(logger.name, msg, fields))
+    else:
+        logger.info(msg, extra=fields)
+
+
+def _plain_path(logger: logging.Logger, handler: LineHandler) -> bool:
+    node: logging.Logger | None = logger
+    while node is not None and node is not logging.root:
+        if node.handlers or node.filters or not node.propagate:
+            return False
+        node = node.parent
+    root = logging.root
+    return (
+        len(root.handlers) == 1
+        and root.handlers[0] is handler
+        and not root.filters
+        and not handler.filters
+    )
+
+
 def configure(level: str = "INFO") -> None:
     # Nothing we log uses the caller's file and line, thread or process names: skip
     # collecting them for every record (the logging module's documented optimisation).
@@ -153,6 +210,7 @@ def configure(level: str = "INFO") -> None:
     logging.logMultiprocessing = False
     handler = LineHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    _installed[:] = [handler]
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
