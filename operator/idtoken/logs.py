@@ -78,10 +78,14 @@ def _add_fields(entry: dict[str, Any], fields: dict[str, Any]) -> None:
 
 
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes formatted lines to a stream. Lines logged on a running event loop are
-    collected and written together once the loop has run its current callbacks (one write
-    system call per loop iteration instead of one per line, under load); anywhere else, and
-    once a batch reaches 64 KiB, they are written at once."""
+    """Writes formatted lines to a stream.
+
+    The lines written on every login (:func:`event`) are collected while the event loop runs
+    and written together once it has run its current callbacks: one write system call per
+    loop iteration instead of one per line, under load. Every other line is written at once,
+    after whatever was collected, so order is kept and nothing collected waits behind a
+    shutdown: the server logs its own shutdown lines as it stops, and a process that ends
+    on a re-raised SIGTERM runs no exit handlers."""
 
     BATCH = 64 * 1024
 
@@ -96,24 +100,22 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
-        self._queue(line)
-
-    def _queue(self, line: str) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if not self._batch and loop is not None:
-            loop.call_soon(self._flush_batch)
         self._batch.append(line)
-        self._size += len(line)
-        if loop is None or self._size >= self.BATCH:
-            self._write_batch()
+        self._write_batch()
 
     def write_line(self, line: str) -> None:
-        """Queue one formatted line (without its newline) as :meth:`emit` does."""
+        """Collect one formatted line (without its newline); see the class docstring."""
         with self.lock or contextlib.nullcontext():
-            self._queue(line + "\n")
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if not self._batch and loop is not None:
+                loop.call_soon(self._flush_batch)
+            self._batch.append(line + "\n")
+            self._size += len(line) + 1
+            if loop is None or self._size >= self.BATCH:
+                self._write_batch()
 
     def _flush_batch(self) -> None:
         with self.lock or contextlib.nullcontext():

@@ -20,6 +20,7 @@ Nothing here retries: the store turns every failure into ``StoreUnavailable`` at
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -173,7 +174,7 @@ class RespClient:
         self._command_timeout = command_timeout
         self._connect_timeout = connect_timeout
         self._link: Link | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._attempt: asyncio.Future[Link] | None = None
 
     async def execute(self, *args: Arg) -> Any:
         link = self._link
@@ -190,32 +191,46 @@ class RespClient:
         return await self.execute("EVAL", script.text, len(keys), *keys, *args)
 
     async def _connect(self) -> Link:
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            link = self._link
-            if link is not None and not link.closed:
-                return link  # another caller connected meanwhile
-            link = Link(self._command_timeout)
-            try:
-                async with asyncio.timeout(self._connect_timeout):
-                    await self._opener(link)
-                    replies = await asyncio.gather(
-                        *(link.send(cmd) for cmd in self._handshake), return_exceptions=True
-                    )
-            except BaseException:
-                link.abort(LinkDown("connection setup did not finish"))
-                raise
-            for reply in replies:
-                if reply != "OK":
-                    link.abort(LinkDown("connection setup refused"))
-                    if isinstance(reply, BaseException):
-                        raise reply
-                    raise LinkDown(f"unexpected handshake reply {reply!r}")
-            self._link = link
-            return link
+        """Join the connection attempt in progress, or start one. Callers that arrive
+        while it runs share its outcome, so an unreachable server costs every waiting
+        request one connect timeout, not one each in turn."""
+        attempt = self._attempt
+        if attempt is None:
+            attempt = self._attempt = asyncio.ensure_future(self._open())
+            attempt.add_done_callback(self._opened)
+        # A caller that gives up (its request was cancelled) does not cancel the attempt.
+        return await asyncio.shield(attempt)
+
+    async def _open(self) -> Link:
+        link = Link(self._command_timeout)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await self._opener(link)
+                replies = await asyncio.gather(
+                    *(link.send(cmd) for cmd in self._handshake), return_exceptions=True
+                )
+        except BaseException:
+            link.abort(LinkDown("connection setup did not finish"))
+            raise
+        for reply in replies:
+            if reply != "OK":
+                link.abort(LinkDown("connection setup refused"))
+                if isinstance(reply, BaseException):
+                    raise reply
+                raise LinkDown(f"unexpected handshake reply {reply!r}")
+        return link
+
+    def _opened(self, attempt: asyncio.Future[Link]) -> None:
+        self._attempt = None
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._link = attempt.result()
 
     async def aclose(self) -> None:
+        attempt = self._attempt
+        if attempt is not None:
+            attempt.cancel()
+            with contextlib.suppress(BaseException):
+                await attempt
         link, self._link = self._link, None
         if link is not None and not link.closed:
             link.abort(LinkDown("the store is closing"))
