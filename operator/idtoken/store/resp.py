@@ -108,7 +108,8 @@ class Link(asyncio.Protocol):
         while self._waiting:
             future, _ = self._waiting.popleft()
             if not future.done():
-                future.set_exception(failure)
+                # One instance per caller: a shared one would collect every caller's traceback.
+                future.set_exception(type(failure)(*failure.args))
                 future.exception()  # retrieved: a cancelled caller must not log it
 
     # ---- commands
