@@ -34,7 +34,8 @@ import test_store_contract as contract
 from idtoken.client import Device, RelyingParty
 from idtoken.clock import ManualClock
 from idtoken.store.base import CreateStatus, Outcome, Store, StoreUnavailable
-from idtoken.store.redis import RedisStore, shard_channel
+from idtoken.store.layout import shard_channel
+from idtoken.store.redis import RedisStore
 from support import OperatorConfig, OperatorProcess, RedisServer, free_port, redis_server
 from test_redis_tls import OPERATOR_ACL, PASSWORD
 from test_store_contract import (  # fixtures and helpers shared with the contract suite

@@ -18,11 +18,12 @@ one Cluster slot. Each state change is a single script call: one round trip.
 Deployments (chosen by the URL scheme, see :mod:`idtoken.store.connect`): one server, a
 Sentinel-managed master, or a Redis Cluster. The code path is the same except for two points:
 
-* Events. Standalone and Sentinel: scripts ``PUBLISH`` to ``idtoken:events`` and each process
-  holds one subscriber connection (:class:`_ChannelFeed`). Cluster: scripts ``SPUBLISH`` to the
-  token's channel (same slot as its keys) and each process subscribes, with ``SSUBSCRIBE``, to
-  the channels of the tokens whose sessions its sockets serve — one connection per node that
-  owns such a channel, shared by all sockets (:class:`_ShardFeed`).
+* Events (:mod:`idtoken.store.feeds`). Standalone and Sentinel: scripts ``PUBLISH`` to
+  ``idtoken:events`` and each process holds one subscriber connection (``ChannelFeed``).
+  Cluster: scripts ``SPUBLISH`` to the token's channel (same slot as its keys) and each
+  process subscribes, with ``SSUBSCRIBE``, to the channels of the tokens whose sessions its
+  sockets serve — one connection per node that owns such a channel, shared by all sockets
+  (``ShardFeed``).
 * The socket reference, which is in the session's slot, not the token's. Standalone and
   Sentinel: the create script writes it (one round trip). Cluster: a ``SET`` sent concurrently
   with the script, deleted again if the script refuses (still one round trip of latency).
@@ -32,11 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import secrets
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -51,7 +50,6 @@ from idtoken.store.base import (
     CreateStatus,
     DeviceRecord,
     EnrollStatus,
-    Event,
     EventCallback,
     InitiateLimits,
     Outcome,
@@ -60,13 +58,13 @@ from idtoken.store.base import (
     Transition,
     final_message,
 )
-from idtoken.store.connect import Connections, TlsFiles, open_connections
-from idtoken.store.events import LocalListeners
+from idtoken.store.connect import TlsFiles, open_connections
+from idtoken.store.feeds import ChannelFeed, Listeners, ShardFeed
+from idtoken.store.layout import device_key, ref_key, session_key, token_tag
 from idtoken.store.resp import RespError, Script
 
 log = logging.getLogger("idtoken.store")
 
-CHANNEL = "idtoken:events"
 APPROVAL_REPLICATION_TIMEOUT_MS = 500
 
 _SCRIPTS = (
@@ -84,400 +82,6 @@ _SCRIPTS = (
     "REVOKE",
     "UNLOCK",
 )
-
-
-def _tag(token_id: str) -> str:
-    return f"idtoken:{{t:{token_id}}}"
-
-
-def device_key(token_id: str) -> str:
-    return f"{_tag(token_id)}:device"
-
-
-def session_key(token_id: str, session_id: str) -> str:
-    return f"{_tag(token_id)}:sess:{session_id}"
-
-
-def shard_channel(token_id: str) -> str:
-    """The token's event channel on a Redis Cluster: in the slot of the token's keys."""
-    return f"{_tag(token_id)}:events"
-
-
-def _noop() -> None:
-    return None
-
-
-class _Listeners(LocalListeners):
-    """Local listeners, plus re-sync of one session (for a re-established shard channel)."""
-
-    def resync(self, session_ids: Sequence[str]) -> None:
-        for session_id in session_ids:
-            for callback in list(self._by_session.get(session_id, ())):
-                self._call(callback, session_id, None)
-
-
-# ----------------------------------------------------------------------------- event feeds
-class _ChannelFeed:
-    """Standalone and Sentinel: every event on ``idtoken:events``, one connection per process.
-
-    The connection never retries silently: a drop must reach :meth:`run`, which resubscribes
-    *and* makes every socket re-read its session (redis-py's own reconnect would resubscribe
-    but lose what was published meanwhile). Under Sentinel, reconnecting asks the sentinels
-    for the current master, so the feed follows a failover.
-    """
-
-    def __init__(self, client: Any, listeners: _Listeners) -> None:
-        self._client = client
-        self._listeners = listeners
-        self.connected = asyncio.Event()
-
-    def channel(self, token_id: str) -> str:
-        return CHANNEL
-
-    def want(self, token_id: str, session_id: str) -> Callable[[], None]:
-        return _noop  # every event reaches every process
-
-    async def settled(self, token_id: str) -> None:
-        return None
-
-    async def run(self) -> None:
-        delay = 0.05
-        while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(CHANNEL)
-                self.connected.set()
-                delay = 0.05
-                # Anything published while we were not subscribed is unknown to us: every
-                # local socket re-reads its session.
-                self._listeners.resync_all()
-                while True:
-                    message = await pubsub.get_message(timeout=30.0)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    event = Event.decode(message["data"])
-                    if event is not None:
-                        self._listeners.dispatch(event)
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                if self.connected.is_set():
-                    log.warning("event subscription lost, reconnecting: %s", type(exc).__name__)
-                self.connected.clear()
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
-    async def aclose(self) -> None:
-        return None
-
-
-class _Link:
-    """One sharded pub/sub connection to one cluster node (RESP2, never retrying).
-
-    A reader task forwards every reply, or the error that ended the connection, to the feed's
-    inbox tagged with this link's id. Commands (SSUBSCRIBE, SUNSUBSCRIBE, PING) are written
-    directly; their confirmations arrive through the reader, in order. When the connection is
-    silent for :attr:`IDLE` seconds the reader pings, and gives up if the next period is
-    silent too (a peer that vanished without closing).
-    """
-
-    IDLE = 15.0
-
-    def __init__(self, ident: int, node_name: str, client: Any, inbox: asyncio.Queue[Any]) -> None:
-        self.ident = ident
-        self.node_name = node_name
-        self.channels: set[str] = set()  # SSUBSCRIBE sent on this link, not since undone
-        self.unsubscribing: Counter[str] = Counter()  # SUNSUBSCRIBE replies still expected
-        self._client = client
-        self._inbox = inbox
-        self._conn: Any = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def open(self) -> None:
-        self._conn = await self._client.connection_pool.get_connection()
-        self._reader = asyncio.create_task(self._read(), name=f"idtoken-events-{self.node_name}")
-
-    async def send(self, *args: str) -> None:
-        await self._conn.send_command(*args, check_health=False)
-
-    async def _read(self) -> None:
-        pinged = False
-        try:
-            while True:
-                reply = await self._conn.read_response(timeout=self.IDLE)
-                if reply is None:  # silent for IDLE seconds
-                    if pinged:
-                        raise TimeoutError("no answer to PING on the event connection")
-                    await self.send("PING")
-                    pinged = True
-                    continue
-                pinged = False
-                self._inbox.put_nowait((self.ident, reply))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # handed to the feed, which owns recovery
-            self._inbox.put_nowait((self.ident, exc))
-
-    async def aclose(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(BaseException):
-                await self._reader
-        with contextlib.suppress(Exception):
-            await self._client.aclose()
-
-
-class _ShardFeed:
-    """Redis Cluster: sharded pub/sub on the token channels this process's sockets need.
-
-    ``want`` (called by :meth:`RedisStore.listen`) counts interest per channel; the run loop
-    subscribes a channel on the connection to the node that owns its slot when the first
-    session of the token starts listening, and unsubscribes when the last one stops. There is
-    one connection per node that owns a wanted channel, shared by every socket.
-
-    Recovery is per node and never silent: when a node's connection fails (or the node says
-    a channel's slot moved away), the topology is re-read, the affected channels are
-    subscribed again on their current owners, and once each is confirmed the sessions on it
-    re-read their state (callback ``None``). Nodes that keep working are not disturbed.
-    """
-
-    SETTLE_TIMEOUT = 2.0
-
-    def __init__(self, conn: Connections, listeners: _Listeners) -> None:
-        self._conn = conn
-        self._cluster = conn.commands
-        self._listeners = listeners
-        self.connected = asyncio.Event()
-        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
-        self._ids = itertools.count(1)
-        self._wanted: dict[str, Counter[str]] = {}  # channel -> session ids listening
-        self._live: dict[str, asyncio.Event] = {}  # channel -> set once SSUBSCRIBE confirmed
-        self._where: dict[str, int] = {}  # channel -> link id it is subscribed on
-        self._links: dict[int, _Link] = {}
-        self._by_node: dict[str, _Link] = {}
-        self._to_subscribe: set[str] = set()
-        self._to_unsubscribe: set[str] = set()
-        self._resync: set[str] = set()  # re-read these channels' sessions once confirmed
-        self._stale_topology = False
-
-    def channel(self, token_id: str) -> str:
-        return shard_channel(token_id)
-
-    def want(self, token_id: str, session_id: str) -> Callable[[], None]:
-        channel = shard_channel(token_id)
-        sessions = self._wanted.get(channel)
-        if sessions is None:
-            sessions = self._wanted[channel] = Counter()
-            self._live.setdefault(channel, asyncio.Event())
-            self._to_unsubscribe.discard(channel)
-            if channel not in self._where:
-                self._to_subscribe.add(channel)
-                self._wake()
-        sessions[session_id] += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
-            sessions[session_id] -= 1
-            if sessions[session_id] <= 0:
-                del sessions[session_id]
-            if not sessions and self._wanted.get(channel) is sessions:
-                del self._wanted[channel]
-                self._resync.discard(channel)
-                self._to_subscribe.discard(channel)
-                if channel in self._where:
-                    self._to_unsubscribe.add(channel)
-                    self._wake()
-                else:
-                    self._live.pop(channel, None)
-
-        return release
-
-    async def settled(self, token_id: str) -> None:
-        """Wait (bounded) until this process's subscription to the token's channel, if it
-        wants one, is confirmed; so that what this process publishes next is heard here."""
-        channel = shard_channel(token_id)
-        live = self._live.get(channel)
-        if channel not in self._wanted or live is None or live.is_set():
-            return
-        try:
-            await asyncio.wait_for(live.wait(), self.SETTLE_TIMEOUT)
-        except TimeoutError:
-            # Go on (the caller's command will fail if the node is down); the listeners
-            # re-read once the subscription is confirmed.
-            self._resync.add(channel)
-
-    def _wake(self) -> None:
-        self._inbox.put_nowait((0, None))
-
-    # ---- the loop ------------------------------------------------------------------------
-    async def run(self) -> None:
-        delay = 0.05
-        retry_in: float | None = None
-        first = True
-        while True:
-            try:
-                await self._cluster.initialize()
-                if self._stale_topology and not first:
-                    await self._cluster.nodes_manager.initialize()
-                first = False
-                self._stale_topology = False
-                await self._reconcile()
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, RedisClusterException, OSError) as exc:
-                if self.connected.is_set():
-                    log.warning(
-                        "sharded event subscription incomplete, retrying: %s", type(exc).__name__
-                    )
-                self.connected.clear()
-                self._stale_topology = True
-                retry_in, delay = delay, min(delay * 2, 1.0)
-            else:
-                self.connected.set()
-                retry_in, delay = None, 0.05
-            try:
-                link_id, reply = await asyncio.wait_for(self._inbox.get(), retry_in)
-            except TimeoutError:
-                continue
-            self._handle(link_id, reply)
-            while not self._inbox.empty():  # drain a burst before reconciling again
-                self._handle(*self._inbox.get_nowait())
-            if self._stale_topology:  # a link was lost: resubscribe at once, then back off
-                self.connected.clear()
-
-    def _handle(self, link_id: int, reply: Any) -> None:
-        link = self._links.get(link_id)
-        if link is None:
-            return  # a wake-up, or a late reply from a link already closed
-        if isinstance(reply, BaseException):
-            self._lose(link, reply)
-            return
-        if not isinstance(reply, list) or len(reply) < 3:
-            return  # PONG
-        kind, channel, data = reply[0], reply[1], reply[2]
-        if kind == "smessage":
-            event = Event.decode(data)
-            if event is not None:
-                self._listeners.dispatch(event)
-        elif kind == "ssubscribe":
-            if channel in link.channels:
-                self._confirmed(channel)
-        elif kind == "sunsubscribe":
-            if link.unsubscribing[channel] > 0:
-                link.unsubscribing[channel] -= 1
-                if not link.unsubscribing[channel]:
-                    del link.unsubscribing[channel]
-            elif channel in link.channels:
-                # Not asked for: the slot moved to another node (resharding, failover).
-                log.warning("shard channel moved, resubscribing")
-                self._unplace(link, channel)
-                self._stale_topology = True
-
-    def _confirmed(self, channel: str) -> None:
-        live = self._live.get(channel)
-        if live is not None:
-            live.set()
-        if channel in self._resync:
-            self._resync.discard(channel)
-            self._listeners.resync(list(self._wanted.get(channel, ())))
-
-    def _unplace(self, link: _Link, channel: str) -> None:
-        """The channel is no longer subscribed on ``link``: subscribe it again, re-read."""
-        link.channels.discard(channel)
-        self._where.pop(channel, None)
-        live = self._live.get(channel)
-        if live is not None:
-            live.clear()
-        if channel in self._wanted:
-            self._to_subscribe.add(channel)
-            self._resync.add(channel)
-        else:
-            self._live.pop(channel, None)
-
-    def _lose(self, link: _Link, exc: BaseException) -> None:
-        log.warning(
-            "sharded event connection to %s lost, resubscribing: %s",
-            link.node_name,
-            type(exc).__name__,
-        )
-        self._drop(link)
-        self._stale_topology = True
-
-    def _drop(self, link: _Link) -> None:
-        self._links.pop(link.ident, None)
-        if self._by_node.get(link.node_name) is link:
-            del self._by_node[link.node_name]
-        for channel in list(link.channels):
-            self._unplace(link, channel)
-        for channel in [c for c, i in self._where.items() if i == link.ident]:
-            self._where.pop(channel, None)
-        task = asyncio.ensure_future(link.aclose())
-        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
-
-    async def _reconcile(self) -> None:
-        """Bring the subscriptions in line with what is wanted. Raises if a node cannot be
-        reached; what could be done is done, the rest is retried."""
-        for channel in list(self._to_unsubscribe):
-            self._to_unsubscribe.discard(channel)
-            if channel in self._wanted:
-                continue
-            self._live.pop(channel, None)
-            link = self._links.get(self._where.pop(channel, 0))
-            if link is not None and channel in link.channels:
-                link.channels.discard(channel)
-                link.unsubscribing[channel] += 1
-                try:
-                    await link.send("SUNSUBSCRIBE", channel)
-                except (RedisError, OSError) as exc:
-                    self._lose(link, exc)
-        failure: BaseException | None = None
-        unreachable: set[str] = set()
-        for channel in list(self._to_subscribe):
-            if channel not in self._wanted or channel in self._where:
-                self._to_subscribe.discard(channel)
-                continue
-            node = self._cluster.get_node_from_key(channel)
-            if node.name in unreachable:
-                continue
-            link = self._by_node.get(node.name)
-            try:
-                if link is None:
-                    link = await self._open(node.name, node.host, node.port)
-                link.channels.add(channel)
-                self._where[channel] = link.ident
-                self._to_subscribe.discard(channel)
-                await link.send("SSUBSCRIBE", channel)
-            except (RedisError, OSError) as exc:
-                unreachable.add(node.name)
-                failure = exc
-                if link is not None:
-                    self._lose(link, exc)
-        if failure is not None:
-            raise failure
-
-    async def _open(self, node_name: str, host: str, port: int) -> _Link:
-        link = _Link(next(self._ids), node_name, self._conn.node_client(host, port), self._inbox)
-        try:
-            await link.open()
-        except BaseException:
-            await link.aclose()
-            raise
-        self._links[link.ident] = link
-        self._by_node[node_name] = link
-        return link
-
-    async def aclose(self) -> None:
-        links, self._links = list(self._links.values()), {}
-        self._by_node.clear()
-        for link in links:
-            await link.aclose()
 
 
 # ----------------------------------------------------------------------------- the store
@@ -502,11 +106,11 @@ class RedisStore:
         # Standalone and unix: scripts and reads go through the lean pipelined connection.
         self._lane = self._conn.lane
         self._lane_scripts = {name: Script(getattr(lua, name)) for name in _SCRIPTS}
-        self._listeners = _Listeners()
-        self._feed: _ChannelFeed | _ShardFeed = (
-            _ShardFeed(self._conn, self._listeners)
+        self._listeners = Listeners()
+        self._feed: ChannelFeed | ShardFeed = (
+            ShardFeed(self._conn, self._listeners)
             if self._cluster
-            else _ChannelFeed(self._conn.events, self._listeners)
+            else ChannelFeed(self._conn.events, self._listeners)
         )
         self._subscriber: asyncio.Task[None] | None = None
 
@@ -584,7 +188,7 @@ class RedisStore:
     async def enroll(
         self, device: DeviceRecord, *, replay_id: str, replay_ttl: int
     ) -> EnrollStatus:
-        tag = _tag(device.token_id)
+        tag = token_tag(device.token_id)
         status = await self._publish(
             "ENROLL",
             device.token_id,
@@ -613,7 +217,7 @@ class RedisStore:
         return bool(done)
 
     async def revoke_token(self, token_id: str, *, now: float) -> bool:
-        tag = _tag(token_id)
+        tag = token_tag(token_id)
         done = await self._publish(
             "REVOKE",
             token_id,
@@ -658,7 +262,7 @@ class RedisStore:
     async def create_session(
         self, session: SessionRecord, *, limits: InitiateLimits, now: float
     ) -> CreateResult:
-        tag = _tag(session.token_id)
+        tag = token_tag(session.token_id)
         keep_ms = int((session.expires_at - now + RESULT_KEEP) * 1000)
         keys = [
             device_key(session.token_id),
@@ -680,7 +284,7 @@ class RedisStore:
         if self._cluster:
             reply = await self._create_in_cluster(session, keys, args, keep_ms)
         else:  # the script writes the socket reference too: one round trip, atomically
-            reply = await self._run("CREATE", [*keys, _ref_key(session.session_id)], args)
+            reply = await self._run("CREATE", [*keys, ref_key(session.session_id)], args)
         status = CreateStatus(reply[0])
         retry = _ceil(float(reply[1]))
         push = json.loads(reply[2]) if status is CreateStatus.CREATED and reply[2] else None
@@ -694,7 +298,7 @@ class RedisStore:
         if the script did not create the session. A failure between the two leaves either a
         reference to nothing (harmless, it expires) or, if only the reference failed, a
         pending session no socket can open: the caller gets StoreUnavailable (503)."""
-        ref = _ref_key(session.session_id)
+        ref = ref_key(session.session_id)
         created: Any
         referenced: Any
         created, referenced = await asyncio.gather(
@@ -718,7 +322,7 @@ class RedisStore:
         return SessionRecord.from_fields(fields) if fields else None
 
     async def find_session(self, session_id: str) -> SessionRecord | None:
-        token_id = await self._get(_ref_key(session_id))
+        token_id = await self._get(ref_key(session_id))
         if token_id is None:
             return None
         return await self.get_session(token_id, session_id)
@@ -733,7 +337,7 @@ class RedisStore:
         final: str,
         now: float,
     ) -> Transition:
-        tag = _tag(token_id)
+        tag = token_tag(token_id)
         keys = [
             session_key(token_id, session_id),
             device_key(token_id),
@@ -778,7 +382,7 @@ class RedisStore:
     async def fail(
         self, token_id: str, session_id: str, *, end_reason: str | None, now: float
     ) -> Transition:
-        tag = _tag(token_id)
+        tag = token_tag(token_id)
         reply = await self._publish(
             "FAIL",
             token_id,
@@ -798,7 +402,7 @@ class RedisStore:
     async def reject(
         self, token_id: str, session_id: str, *, reason: str, pause: int, now: float
     ) -> Transition:
-        tag = _tag(token_id)
+        tag = token_tag(token_id)
         reply = await self._publish(
             "REJECT",
             token_id,
@@ -816,7 +420,7 @@ class RedisStore:
         return _transition(reply)
 
     async def expire(self, token_id: str, session_id: str, *, now: float) -> SessionRecord | None:
-        tag = _tag(token_id)
+        tag = token_tag(token_id)
         flat = await self._publish(
             "EXPIRE",
             token_id,
@@ -826,7 +430,7 @@ class RedisStore:
         return SessionRecord.from_fields(_pairs(flat)) if flat else None
 
     async def pending_sessions(self, token_id: str, *, now: float) -> list[SessionRecord]:
-        tag = _tag(token_id)
+        tag = token_tag(token_id)
         rows = await self._run("PENDING", [f"{tag}:pending"], [repr(now), f"{tag}:sess:"])
         sessions = [SessionRecord.from_fields(_pairs(row)) for row in rows]
         live = [s for s in sessions if s.state == "pending" and s.expires_at > now]
@@ -859,10 +463,6 @@ class RedisStore:
         )
         wait = float(reply)
         return 0 if wait <= 0 else _ceil(wait)
-
-
-def _ref_key(session_id: str) -> str:
-    return f"idtoken:sessref:{{{session_id}}}"
 
 
 def _flatten(fields: Mapping[str, str]) -> list[str]:
