@@ -16,38 +16,25 @@ ID_PATTERN = re.compile(r"\A[A-Za-z0-9._:@-]{1,128}\Z")
 
 OTP_PATTERN = re.compile(r"\A[0-9]{6}\Z")
 
-
-def new_session_id() -> str:
-    return "sess_" + secrets.token_urlsafe(16)  # 128 bits
-
-
-def new_ws_token() -> str:
-    return secrets.token_urlsafe(24)  # 192 bits
-
-
-def new_random() -> str:
-    return secrets.token_hex(8)  # 64 bits, 16 lowercase hex characters
-
-
-def new_otp() -> str:
-    return f"{secrets.randbelow(1_000_000):06d}"  # uniform over 000000..999999
-
-
-class SessionSecrets(NamedTuple):
-    session_id: str
-    ws_token: str
-    random: str
-    otp: str
-
-
 _OTP_SPACE = 1_000_000
 _OTP_LIMIT = (1 << 32) - (1 << 32) % _OTP_SPACE  # below it, x % 10**6 is exactly uniform
 
 
+def new_otp() -> str:
+    """A code on its own (see :func:`new_session_secrets` for the usual way)."""
+    return f"{secrets.randbelow(_OTP_SPACE):06d}"  # uniform over 000000..999999
+
+
+class SessionSecrets(NamedTuple):
+    session_id: str  # "sess_" + 128 bits, base64url
+    ws_token: str  # 192 bits, base64url
+    random: str  # 64 bits, 16 lowercase hex characters
+    otp: str  # 6 digits, uniform over 000000..999999
+
+
 def new_session_secrets() -> SessionSecrets:
     """Everything random a new session needs, from one read of the system CSPRNG (one system
-    call instead of four): the same sizes as the functions above, the OTP by rejection
-    sampling so that it stays exactly uniform."""
+    call instead of four); the OTP by rejection sampling, so that it stays exactly uniform."""
     raw = os.urandom(52)
     x = int.from_bytes(raw[48:52], "big")
     otp = f"{x % _OTP_SPACE:06d}" if x < _OTP_LIMIT else new_otp()

@@ -169,38 +169,34 @@ def _text(value: object) -> str:
         return f"<{type(value).__name__}>"
 
 
-_installed: list[LineHandler] = []  # the handler configure() put on the root logger
-
-
 def event(logger: logging.Logger, msg: str, **fields: Any) -> None:
     """``logger.info(msg, extra=fields)`` for the events written on every login (session
     initiated, approved): the same line, built straight into the handler's batch when the
-    operator's own logging set-up is what would handle it: :func:`configure` ran, its
-    handler is still the only one, and no filter or other handler was added on the way to
-    it (a test's log capture, an embedding application's own handlers). Otherwise, and
+    operator's own logging set-up is what would handle it: the root's only handler is the
+    :class:`LineHandler` of :func:`configure`, and no filter or other handler was added on the
+    way to it (a test's log capture, an embedding application's own handlers). Otherwise, and
     when INFO is off, it is exactly that ``logger.info`` call."""
-    handler = _installed[0] if _installed else None
-    if handler is not None and logger.isEnabledFor(logging.INFO) and _plain_path(logger, handler):
-        formatter = handler.formatter
-        assert isinstance(formatter, JsonFormatter)
-        handler.write_line(formatter.event_line(logger.name, msg, fields))
+    handler = _plain_path(logger) if logger.isEnabledFor(logging.INFO) else None
+    if handler is not None and isinstance(handler.formatter, JsonFormatter):
+        handler.write_line(handler.formatter.event_line(logger.name, msg, fields))
     else:
         logger.info(msg, extra=fields)
 
 
-def _plain_path(logger: logging.Logger, handler: LineHandler) -> bool:
+def _plain_path(logger: logging.Logger) -> LineHandler | None:
+    """The handler a record from ``logger`` would reach alone, if it is ours and unfiltered."""
     node: logging.Logger | None = logger
     while node is not None and node is not logging.root:
         if node.handlers or node.filters or not node.propagate:
-            return False
+            return None
         node = node.parent
     root = logging.root
-    return (
-        len(root.handlers) == 1
-        and root.handlers[0] is handler
-        and not root.filters
-        and not handler.filters
-    )
+    if len(root.handlers) != 1 or root.filters:
+        return None
+    handler = root.handlers[0]
+    if not isinstance(handler, LineHandler) or handler.filters:
+        return None
+    return handler
 
 
 def configure(level: str = "INFO") -> None:
@@ -212,7 +208,6 @@ def configure(level: str = "INFO") -> None:
     logging.logMultiprocessing = False
     handler = LineHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    _installed[:] = [handler]
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -162,9 +162,7 @@ class RedisStore:
         if self._lane is None:
             fields: dict[str, str] = await self._call(self._r.hgetall(key))
             return fields
-        flat: list[str] = await self._call(self._lane.execute("HGETALL", key))
-        pairs = iter(flat)
-        return dict(zip(pairs, pairs, strict=True))
+        return _pairs(await self._call(self._lane.execute("HGETALL", key)))
 
     async def _get(self, key: str) -> str | None:
         value: str | None = await self._call(
