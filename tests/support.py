@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from starlette.applications import Starlette
 
+from idtoken.client import Device, RelyingParty
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 ISSUER_URL = "https://integration.test"
@@ -387,6 +389,23 @@ class OperatorProcess:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+# ----------------------------------------------------------------------------- instances
+@dataclass
+class Node:
+    """One operator instance seen from a test: its process, an HTTP client to it and a
+    relying party bound to that client."""
+
+    proc: OperatorProcess
+    http: httpx.AsyncClient
+    rp: RelyingParty
+
+    def device(self, device: Device) -> Device:
+        """The same phone (key and enrollment) talking to this instance."""
+        twin = Device(self.http, device_id=device.device_id, private_key=device.private_key)
+        twin.enrollment = device.enrollment
+        return twin
 
 
 # ----------------------------------------------------------------------------- browser sockets

@@ -46,6 +46,7 @@ from support import (
     recv_json,
     redis_server,
 )
+from support import Node as InstanceNode
 
 AUDIENCE = "shop-audience"
 TYPED_AUDIENCE = "typed-audience"
@@ -141,19 +142,10 @@ def aof_fleet(tmp_path: Path) -> Iterator[Fleet]:
 
 # ----------------------------------------------------------------------------- clients
 @dataclass
-class Node:
-    """One instance seen from the test: an HTTP client and relying parties bound to it."""
+class Node(InstanceNode):
+    """An instance with relying parties for both services."""
 
-    proc: Instance
-    http: httpx.AsyncClient
-    rp: RelyingParty
     typed_rp: RelyingParty
-
-    def device(self, device: Device) -> Device:
-        """The same phone (key and enrollment) talking to this instance."""
-        twin = Device(self.http, device_id=device.device_id, private_key=device.private_key)
-        twin.enrollment = device.enrollment
-        return twin
 
     def socket_url(self, started: Initiation) -> str:
         return self.rp.socket_url(started)

@@ -27,6 +27,7 @@ from joserfc.jwk import KeySet
 
 from idtoken.client import Device, Initiation, RelyingParty
 from support import (
+    Node,
     OperatorConfig,
     OperatorProcess,
     RedisServer,
@@ -78,21 +79,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         finally:
             for proc in procs:
                 proc.stop()
-
-
-@dataclass
-class Node:
-    """One instance seen from the test: an HTTP client, a relying party, its URL."""
-
-    proc: OperatorProcess
-    http: httpx.AsyncClient
-    rp: RelyingParty
-
-    def device(self, device: Device) -> Device:
-        """The same phone (key and enrollment) talking to this instance."""
-        twin = Device(self.http, device_id=device.device_id, private_key=device.private_key)
-        twin.enrollment = device.enrollment
-        return twin
 
 
 @contextlib.asynccontextmanager

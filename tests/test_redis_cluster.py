@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import shutil
 import subprocess
 import time
@@ -36,7 +35,15 @@ from idtoken.clock import ManualClock
 from idtoken.store.base import CreateStatus, Outcome, Store, StoreUnavailable
 from idtoken.store.layout import shard_channel
 from idtoken.store.redis import RedisStore
-from support import OperatorConfig, OperatorProcess, RedisServer, free_port, redis_server
+from support import (
+    Node,
+    OperatorConfig,
+    OperatorProcess,
+    RedisServer,
+    free_port,
+    recv_json,
+    redis_server,
+)
 from test_redis_tls import OPERATOR_ACL, PASSWORD
 from test_store_contract import (  # fixtures and helpers shared with the contract suite
     LIMITS,
@@ -372,21 +379,6 @@ async def test_cluster_calls_raise_store_unavailable_when_unreachable(
 
 
 # ----------------------------------------------------------------------------- the full flow
-@dataclass
-class Instance:
-    proc: OperatorProcess
-    http: httpx.AsyncClient
-    rp: RelyingParty
-
-    def phone(self, device: Device) -> Device:
-        twin = Device(self.http, device_id=device.device_id, private_key=device.private_key)
-        twin.enrollment = device.enrollment
-        return twin
-
-
-async def recv_json(sock: websockets.ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    message: dict[str, Any] = json.loads(await asyncio.wait_for(sock.recv(), timeout))
-    return message
 
 
 async def close_code(sock: websockets.ClientConnection) -> int | None:
@@ -419,7 +411,7 @@ async def test_full_flow_across_two_operator_processes_on_the_cluster(
         for proc in procs:
             http = await stack.enter_async_context(httpx.AsyncClient(base_url=proc.url, timeout=10))
             rp = RelyingParty(http, service_id="shop", issuer=config.issuer_url, audience=AUDIENCE)
-            nodes.append(Instance(proc, http, rp))
+            nodes.append(Node(proc, http, rp))
         a, b = nodes
 
         # Several tokens, so that sessions and channels live on every master.
@@ -446,7 +438,7 @@ async def test_full_flow_across_two_operator_processes_on_the_cluster(
             assert claims["sub"] == token_id
             assert claims["idtoken"] == {"tokenId": token_id, "givenName": "Ada"}
             for node in (a, b):  # approved once, anywhere
-                again = await node.phone(device).approve(
+                again = await node.device(device).approve(
                     started.session_id, started.auto_password, ["identity:name"]
                 )
                 assert again.status_code == 409, again.text
@@ -459,7 +451,7 @@ async def test_full_flow_across_two_operator_processes_on_the_cluster(
                 async with websockets.connect(b.rp.socket_url(started), compression=None) as second:
                     assert (await recv_json(second))["type"] == "otp_ready"
                     assert await close_code(first) == 4009
-                    resp = await a.phone(device).reject(started.session_id)
+                    resp = await a.device(device).reject(started.session_id)
                     assert resp.status_code == 200, resp.text
                     assert await recv_json(second) == {
                         "type": "rejected",
@@ -471,7 +463,7 @@ async def test_full_flow_across_two_operator_processes_on_the_cluster(
 
             # A late socket on the other instance gets a decision at once.
             started = await a.rp.initiate(token_id)
-            resp = await b.phone(device).approve(
+            resp = await b.device(device).approve(
                 started.session_id, started.auto_password, ["identity:name"]
             )
             assert resp.status_code == 200, resp.text

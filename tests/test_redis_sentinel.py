@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import shutil
 import socket
 import subprocess
@@ -21,7 +20,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -33,10 +31,12 @@ from idtoken.clock import ManualClock
 from idtoken.store.base import Outcome, StoreUnavailable
 from idtoken.store.redis import RedisStore
 from support import (
+    Node,
     OperatorConfig,
     OperatorProcess,
     RedisServer,
     free_port,
+    recv_json,
     redis_binary,
     redis_server,
 )
@@ -192,21 +192,6 @@ async def test_sentinel_store_without_reachable_sentinels_is_unavailable() -> No
 
 
 # ----------------------------------------------------------------------------- failover
-@dataclass
-class Instance:
-    proc: OperatorProcess
-    http: httpx.AsyncClient
-    rp: RelyingParty
-
-    def phone(self, device: Device) -> Device:
-        twin = Device(self.http, device_id=device.device_id, private_key=device.private_key)
-        twin.enrollment = device.enrollment
-        return twin
-
-
-async def recv_json(sock: websockets.ClientConnection, timeout: float) -> dict[str, Any]:
-    message: dict[str, Any] = json.loads(await asyncio.wait_for(sock.recv(), timeout))
-    return message
 
 
 async def approve_until_answered(
@@ -252,7 +237,7 @@ async def test_master_fails_over_mid_flow_and_the_approval_is_accepted_once(
                 rp = RelyingParty(
                     http, service_id="shop", issuer=config.issuer_url, audience=AUDIENCE
                 )
-                nodes.append(Instance(proc, http, rp))
+                nodes.append(Node(proc, http, rp))
             a, b = nodes
             device = Device(a.http, device_id="dev-failover")
             await device.enroll(config.issuers[0].mint("user-failover", given_name="Ada"))
@@ -272,8 +257,8 @@ async def test_master_fails_over_mid_flow_and_the_approval_is_accepted_once(
             deadline = asyncio.get_running_loop().time() + 40
             # Both phones (one per instance) keep approving until they get an answer.
             answers = await asyncio.gather(
-                approve_until_answered(a.phone(device), started, deadline),
-                approve_until_answered(b.phone(device), started, deadline),
+                approve_until_answered(a.device(device), started, deadline),
+                approve_until_answered(b.device(device), started, deadline),
             )
             finals = [seen[-1][0] for seen in answers]
             unavailable = [s for seen in answers for s in seen if s[0] == 503]
@@ -301,7 +286,7 @@ async def test_master_fails_over_mid_flow_and_the_approval_is_accepted_once(
             )
             assert claims["sub"] == "user-failover"
             for node in (a, b):  # and it stays accepted once
-                again = await node.phone(device).approve(
+                again = await node.device(device).approve(
                     started.session_id, started.auto_password, ["identity:name"]
                 )
                 assert again.status_code == 409, again.text
@@ -310,7 +295,7 @@ async def test_master_fails_over_mid_flow_and_the_approval_is_accepted_once(
             started = await b.rp.initiate("user-failover")
             async with websockets.connect(a.rp.socket_url(started), compression=None) as sock2:
                 assert (await recv_json(sock2, 5))["type"] == "otp_ready"
-                resp = await b.phone(device).approve(
+                resp = await b.device(device).approve(
                     started.session_id, started.auto_password, ["identity:name"]
                 )
                 assert resp.status_code == 200, resp.text
