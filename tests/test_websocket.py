@@ -23,7 +23,7 @@ from websockets.typing import Origin
 from conftest import Operator, OperatorFactory
 from idtoken.client import Device, Initiation, RelyingParty
 from idtoken.clock import ManualClock
-from support import DEFAULT_SERVICE
+from support import DEFAULT_SERVICE, closed_code, otp_ready, recv_json
 
 SHOP_ORIGIN = "https://shop.example"
 GUARDED = {
@@ -65,12 +65,6 @@ async def drain(
     return frames, sock.close_code
 
 
-async def recv_json(sock: websockets.ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    raw = await asyncio.wait_for(sock.recv(), timeout)
-    message: dict[str, Any] = json.loads(raw)
-    return message
-
-
 async def assert_silent_and_open(sock: websockets.ClientConnection, quiet: float = 0.3) -> None:
     """Nothing arrives for ``quiet`` seconds and the connection still answers a ping."""
     with pytest.raises(TimeoutError):
@@ -80,13 +74,6 @@ async def assert_silent_and_open(sock: websockets.ClientConnection, quiet: float
     assert sock.close_code is None
 
 
-async def closed_code(sock: websockets.ClientConnection, timeout: float = 5.0) -> int | None:
-    """Wait for the server to close ``sock`` (no further message expected); return the code."""
-    with pytest.raises(websockets.ConnectionClosed):
-        await asyncio.wait_for(sock.recv(), timeout)
-    return sock.close_code
-
-
 async def login_parts(
     op: Operator, token_id: str, service_id: str = "shop"
 ) -> tuple[Device, RelyingParty, Initiation]:
@@ -94,15 +81,6 @@ async def login_parts(
     rp = op.rp(service_id)
     started = await rp.initiate(token_id)
     return device, rp, started
-
-
-def otp_ready(started: Initiation) -> dict[str, Any]:
-    return {
-        "type": "otp_ready",
-        "sessionId": started.session_id,
-        "autoPassword": started.auto_password,
-        "expiresAt": started.expires_at,
-    }
 
 
 async def approve_and_expect(
