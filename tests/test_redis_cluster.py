@@ -230,6 +230,17 @@ def tokens_on_every_node(cluster: Cluster, count: int = 3) -> list[str]:
     raise AssertionError("could not spread tokens over the masters")
 
 
+async def listening_sessions(store: RedisStore, tokens: list[str]) -> dict[str, Inbox]:
+    """For each token: an enrolled device, a session ``s-<token>`` and a listener on it."""
+    inboxes = {}
+    for token in tokens:
+        await enroll(store, contract.device_record(token), replay_id=f"jti-{token}")
+        await create(store, f"s-{token}", token_id=token)
+        inboxes[token] = Inbox()
+        store.listen(token, f"s-{token}", inboxes[token])
+    return inboxes
+
+
 def shard_subscribers(cluster: Cluster, channel: str) -> int:
     port = cluster.slot_owner(channel)
     out = cluster.node_cli(port, "PUBSUB", "SHARDNUMSUB", channel).splitlines()
@@ -279,12 +290,7 @@ async def test_cluster_events_reach_listeners_of_tokens_on_every_master(
     store: RedisStore, cluster: Cluster
 ) -> None:
     tokens = tokens_on_every_node(cluster)
-    inboxes = {}
-    for token in tokens:
-        await enroll(store, contract.device_record(token), replay_id=f"jti-{token}")
-        await create(store, f"s-{token}", token_id=token)
-        inboxes[token] = Inbox()
-        store.listen(token, f"s-{token}", inboxes[token])
+    inboxes = await listening_sessions(store, tokens)
 
     for token in tokens:
         assert (await approve(store, f"s-{token}", token_id=token)).outcome is Outcome.APPROVED
@@ -342,12 +348,8 @@ async def test_cluster_events_arrive_after_the_shard_connections_are_killed(
     store: RedisStore, cluster: Cluster
 ) -> None:
     tokens = tokens_on_every_node(cluster)
-    inboxes = {}
+    inboxes = await listening_sessions(store, tokens)
     for token in tokens:
-        await enroll(store, contract.device_record(token), replay_id=f"jti-{token}")
-        await create(store, f"s-{token}", token_id=token)
-        inboxes[token] = Inbox()
-        store.listen(token, f"s-{token}", inboxes[token])
         await store.claim_socket(token, f"s-{token}")
         assert (await inboxes[token].next_event()).claim == 1
 
