@@ -479,6 +479,14 @@ def _error(description: str, *codes: str, headers: JsonObject | None = None) -> 
     return _json(schema, description, **(headers or {}))
 
 
+# What /auth/verify and /auth/reject answer for a session that is unknown or no longer pending.
+_SESSION_OVER: JsonObject = {
+    "404": _error("No such session.", "unknown_session"),
+    "409": _error("The session was already decided.", "session_not_pending"),
+    "410": _error("The session has expired.", "session_expired"),
+}
+
+
 RESPONSES: JsonObject = {
     "RequestTooLarge": _error(
         f"The body is over {MAX_BODY // 1024} KiB (refused while it streams in).",
@@ -650,9 +658,7 @@ def _paths() -> JsonObject:
                     "device_mismatch",
                     "token_revoked",
                 ),
-                "404": _error("No such session.", "unknown_session"),
-                "409": _error("The session was already decided.", "session_not_pending"),
-                "410": _error("The session has expired.", "session_expired"),
+                **_SESSION_OVER,
             },
             limited=True,
         ),
@@ -674,9 +680,7 @@ def _paths() -> JsonObject:
                     "device_mismatch",
                     "token_revoked",
                 ),
-                "404": _error("No such session.", "unknown_session"),
-                "409": _error("The session was already decided.", "session_not_pending"),
-                "410": _error("The session has expired.", "session_expired"),
+                **_SESSION_OVER,
             },
             limited=True,
         ),
