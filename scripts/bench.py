@@ -805,7 +805,8 @@ local requests = {}
 function init(args)
   counter = offset or 0
   for i = 1, n do
-    requests[i] = wrk.format(nil, "%(path)s", nil, '{"tokenId":"' .. ids[i] .. '","serviceId":"%(service)s"}')
+    local body = '{"tokenId":"' .. ids[i] .. '","serviceId":"%(service)s"}'
+    requests[i] = wrk.format(nil, "%(path)s", nil, body)
   end
 end
 function request()
@@ -1277,6 +1278,26 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def wrk_local(
+    plan: Plan,
+    port: int,
+    path: str,
+    pid: int,
+    script: Path | None,
+    cpus: str | None,
+    duration: float,
+) -> RunResult:
+    """:func:`run_wrk` against ``path`` on a local server, with the plan's connection count."""
+    return run_wrk(
+        f"http://127.0.0.1:{port}{path}",
+        duration=duration,
+        connections=plan.wrk_connections,
+        cpus=cpus,
+        server_pid=pid,
+        script=script,
+    )
+
+
 def cpu_pressure() -> float | None:
     """The kernel's 10-second CPU pressure (% of time some task waited for a CPU)."""
     with contextlib.suppress(OSError, ValueError, IndexError):
@@ -1396,14 +1417,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         def wrk(
             port: int, path: str, pid: int, script: Path | None, cpus: str | None, duration: float
         ) -> RunResult:
-            return run_wrk(
-                f"http://127.0.0.1:{port}{path}",
-                duration=duration,
-                connections=plan.wrk_connections,
-                cpus=cpus,
-                server_pid=pid,
-                script=script,
-            )
+            return wrk_local(plan, port, path, pid, script, cpus, duration)
 
         measures: dict[str, Callable[[float], Awaitable[RunResult]]] = {}
 
@@ -1878,14 +1892,7 @@ async def profile(args: argparse.Namespace) -> int:
         )
 
         async def initiate(d: float) -> Any:
-            return run_wrk(
-                f"http://127.0.0.1:{port}/auth/initiate",
-                duration=d,
-                connections=plan.wrk_connections,
-                cpus=pin.client,
-                server_pid=op.pid,
-                script=script,
-            )
+            return wrk_local(plan, port, "/auth/initiate", op.pid, script, pin.client, d)
 
         async def login(d: float) -> Any:
             return await run_login(
@@ -1898,13 +1905,7 @@ async def profile(args: argparse.Namespace) -> int:
             )
 
         async def jwks(d: float) -> Any:
-            return run_wrk(
-                f"http://127.0.0.1:{port}/.well-known/jwks.json",
-                duration=d,
-                connections=plan.wrk_connections,
-                cpus=pin.client,
-                server_pid=op.pid,
-            )
+            return wrk_local(plan, port, "/.well-known/jwks.json", op.pid, None, pin.client, d)
 
         async def sockets(d: float) -> Any:
             pool = SocketPool(port, tokens, start=0)
