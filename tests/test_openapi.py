@@ -94,16 +94,17 @@ def schema_objects(node: Any, path: str = "#") -> Iterator[tuple[str, dict[str, 
             yield from schema_objects(value, f"{path}/{i}")
 
 
-def patterns(node: Any) -> Iterator[str]:
+def values_of(name: str, node: Any) -> Iterator[str]:
+    """Every string value of a member called ``name`` anywhere in a JSON document."""
     if isinstance(node, dict):
         for key, value in node.items():
-            if key == "pattern" and isinstance(value, str):
+            if key == name and isinstance(value, str):
                 yield value
             else:
-                yield from patterns(value)
+                yield from values_of(name, value)
     elif isinstance(node, list):
         for value in node:
-            yield from patterns(value)
+            yield from values_of(name, value)
 
 
 def as_json_schema_pattern(compiled: re.Pattern[str]) -> str:
@@ -139,23 +140,12 @@ async def test_document_is_valid_openapi_3_1(
         found += 1
     assert found > 30
     # Every pattern compiles as a JSON Schema (ECMA-262) regex and as Python's.
-    for pattern in patterns(doc):
+    for pattern in values_of("pattern", doc):
         re.compile(pattern)
         jsonschema_rs.validator_for({"type": "string", "pattern": pattern})
 
     # Every $ref resolves (in the document's own namespace).
-    def refs(node: Any) -> Iterator[str]:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "$ref":
-                    yield value
-                else:
-                    yield from refs(value)
-        elif isinstance(node, list):
-            for value in node:
-                yield from refs(value)
-
-    for ref in set(refs(doc)):
+    for ref in set(values_of("$ref", doc)):
         target: Any = doc
         for part in ref.removeprefix("#/").split("/"):
             target = target[part.replace("~1", "/").replace("~0", "~")]
