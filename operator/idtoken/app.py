@@ -169,7 +169,6 @@ class OperatorApp(Starlette):
             and "{" not in route.path
             and inspect.iscoroutinefunction(route.endpoint)
         }
-        self._handlers = dict(EXCEPTION_HANDLERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -188,8 +187,10 @@ class OperatorApp(Starlette):
         try:
             response = await endpoint(request)
         except Exception as exc:
-            handler = next(
-                self._handlers[kind] for kind in type(exc).__mro__ if kind in self._handlers
-            )
-            response = await handler(request, exc)
+            # The app's own handlers, looked up by the exception's class as Starlette does.
+            handlers = self.exception_handlers
+            kind = next((k for k in type(exc).__mro__ if k in handlers), None)
+            if kind is None:
+                raise
+            response = await handlers[kind](request, exc)
         await response(scope, receive, send)

@@ -134,9 +134,8 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(logging.makeLogRecord({"msg": "log write failed"}))
 
     def flush(self) -> None:
-        with self.lock or contextlib.nullcontext():
-            self._write_batch()
-            super().flush()
+        self._flush_batch()
+        super().flush()
 
 
 _QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"']+")
