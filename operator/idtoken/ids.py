@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import re
 import secrets
 import time
@@ -35,7 +34,7 @@ class SessionSecrets(NamedTuple):
 def new_session_secrets() -> SessionSecrets:
     """Everything random a new session needs, from one read of the system CSPRNG (one system
     call instead of four); the OTP by rejection sampling, so that it stays exactly uniform."""
-    raw = os.urandom(52)
+    raw = secrets.token_bytes(52)
     x = int.from_bytes(raw[48:52], "big")
     otp = f"{x % _OTP_SPACE:06d}" if x < _OTP_LIMIT else new_otp()
     return SessionSecrets(
