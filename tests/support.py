@@ -33,7 +33,6 @@ from starlette.applications import Starlette
 from idtoken.client import Device, RelyingParty
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 ISSUER_URL = "https://integration.test"
 ENROLL_AUDIENCE = "idtoken-operator"
 

@@ -1,7 +1,7 @@
 """Wycheproof vectors through our device-signature and JWS verification (catalogue J18).
 
-The vectors live in ``shared/vectors/`` beside the checkout. A missing folder fails these
-tests on purpose: skipping would let J18 silently stop being checked.
+The vectors are in ``tests/vectors/`` (see its README). A missing file fails these tests on
+purpose: skipping would let the row silently stop being checked.
 """
 
 from __future__ import annotations
@@ -29,20 +29,20 @@ from idtoken.keys.device import (
     verify_device_signature,
 )
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parent / "vectors"
 ECDSA_FILE = "wycheproof_ecdsa_secp256r1_sha256_p1363_test.json"
 JWS_FILE = "wycheproof_json_web_signature_test.json"
 
 
 def load_vectors(name: str) -> dict[str, Any]:
     path = VECTORS / name
-    assert path.is_file(), f"Wycheproof vectors missing: {path} (shared/ must sit beside the repo)"
+    assert path.is_file(), f"Wycheproof vectors missing: {path}"
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data
 
 
 def test_vectors_folder_present() -> None:
-    assert VECTORS.is_dir(), f"{VECTORS} is missing: shared/ must sit beside the checkout"
+    assert VECTORS.is_dir(), f"{VECTORS} is missing"
 
 
 # --------------------------------------------------------------------------- ECDSA P1363
