@@ -288,14 +288,14 @@ OUR_PIDS: set[int] = set()
 REDIS_PID: list[int] = []
 
 
-def machine_busy_seconds() -> tuple[float, float]:
-    """CPU time the whole machine spent busy in processes (user, nice, system, steal) and in
+def machine_busy_seconds() -> tuple[float, float, float]:
+    """CPU time the whole machine spent busy in processes (user, nice, system, steal), in
     interrupt handlers (on loopback, much of the network stack runs there, charged to no
-    process)."""
+    process), and of the first, the time the hypervisor gave the virtual CPUs to others."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
     tick = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + steal) / tick, (irq + softirq) / tick
+    return (user + nice + system + steal) / tick, (irq + softirq) / tick, steal / tick
 
 
 class Meter:
@@ -310,7 +310,7 @@ class Meter:
         self.self_wait0 = runqueue_wait_seconds([os.getpid()]) if client is self_cpu else None
         self.ours = sorted({p for top in (*OUR_PIDS, os.getpid()) for p in proc_tree(top)})
         self.t0 = time.monotonic()
-        self.busy0, self.irq0 = machine_busy_seconds()
+        self.busy0, self.irq0, self.steal0 = machine_busy_seconds()
         self.redis0 = cpu_seconds(REDIS_PID)
         self.ours0 = cpu_seconds(self.ours) + children_cpu()
         self.cpu0 = cpu_seconds(self.pids)
@@ -321,7 +321,7 @@ class Meter:
     def done(self) -> dict[str, Any]:
         elapsed = time.monotonic() - self.t0
         ours = cpu_seconds(self.ours) + children_cpu() - self.ours0
-        busy, irq = machine_busy_seconds()
+        busy, irq, steal = machine_busy_seconds()
         return {
             "elapsed": elapsed,
             "per_process_cores": [
@@ -337,6 +337,7 @@ class Meter:
             "others_cores": max(0.0, (busy - self.busy0 - ours) / elapsed),
             "redis_cores": (cpu_seconds(REDIS_PID) - self.redis0) / elapsed,
             "interrupt_cores": (irq - self.irq0) / elapsed,
+            "steal_cores": (steal - self.steal0) / elapsed,
         }
 
 
@@ -867,6 +868,7 @@ class RunResult:
         )
         result.extra["redis_cores"] = round(meter["redis_cores"], 3)
         result.extra["interrupt_cores"] = round(meter["interrupt_cores"], 3)
+        result.extra["steal_cores"] = round(meter["steal_cores"], 3)
         if meter["client_wait"] is not None:
             result.extra["client_runqueue_wait"] = round(meter["client_wait"], 3)
         if len(meter["per_process_cores"]) > 1:  # supervisor first, then the workers
@@ -1255,6 +1257,7 @@ async def run_latency(
         "client_cores": round(usage["client_cores"], 3),
         "client_runqueue_wait": round(usage["client_wait"], 3),
         "other_processes_cores": round(usage["others_cores"], 3),
+        "steal_cores": round(usage["steal_cores"], 3),
         "errors": {**pool.errors, **errors},
     }
 
@@ -1876,8 +1879,9 @@ def print_table(results: dict[str, Any]) -> None:
             "",
         ),
         (
-            "  cores used meanwhile by the server / by other jobs",
-            f"{lat['server_cores']:.2f} / {lat['other_processes_cores']:.2f}",
+            "  cores used meanwhile by the server / other jobs (of which steal)",
+            f"{lat['server_cores']:.2f} / {lat['other_processes_cores']:.2f}"
+            f" ({lat.get('steal_cores', 0):.2f})",
             "",
             "",
         ),
