@@ -250,6 +250,8 @@ class OperatorConfig:
     limits: dict[str, Any] = field(default_factory=dict)
     extra: str = ""
     issuer_url: str = "http://127.0.0.1:8000"
+    # The loopback push receivers of the tests are not public addresses.
+    push_private_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
 
     def write(self) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -261,6 +263,7 @@ class OperatorConfig:
             "[push]",
             'vapid_private_key_file = "vapid.pem"',
             'vapid_subject = "mailto:ops@example.test"',
+            f"allow_private_networks = {toml_value(self.push_private_networks)}",
         ]
         for service in self.services:
             lines += ["", "[[services]]"]

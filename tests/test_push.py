@@ -22,9 +22,12 @@ from idtoken.push.base import PushOutcome, PushResult, PushSubscription
 from idtoken.push.dispatch import PushDispatcher
 from idtoken.push.vapid import load_or_create_vapid_key, sign_vapid_jwt, vapid_public_key_b64
 from idtoken.push.webpush import WebPushNotifier, push_topic
+from idtoken.urls import AddressPolicy
 from pushreceiver import PushReceiver, Respond, Stall, verify_vapid
 
 SUBJECT = "mailto:ops@example.com"
+# The receiver listens on loopback, which the default policy refuses.
+LOOPBACK = AddressPolicy.parse(["127.0.0.0/8", "::1/128"])
 PAYLOAD: dict[str, Any] = {
     "type": "auth_request",
     "sessionId": "s-7Qk2",
@@ -49,7 +52,7 @@ async def receiver() -> AsyncIterator[PushReceiver]:
 
 @pytest.fixture
 async def notifier(vapid_key: ec.EllipticCurvePrivateKey) -> AsyncIterator[WebPushNotifier]:
-    webpush = WebPushNotifier(vapid_key, SUBJECT, clock=SystemClock())
+    webpush = WebPushNotifier(vapid_key, SUBJECT, clock=SystemClock(), endpoint_policy=LOOPBACK)
     yield webpush
     await webpush.aclose()
 
@@ -271,7 +274,9 @@ async def test_server_error_then_success_is_retried(
 async def test_server_error_forever_fails_after_max_attempts(
     receiver: PushReceiver, vapid_key: ec.EllipticCurvePrivateKey
 ) -> None:
-    webpush = WebPushNotifier(vapid_key, SUBJECT, clock=SystemClock(), max_attempts=3)
+    webpush = WebPushNotifier(
+        vapid_key, SUBJECT, clock=SystemClock(), max_attempts=3, endpoint_policy=LOOPBACK
+    )
     try:
         subscription, handle = receiver.new_subscription(503)
         result = await push(webpush, subscription, life=60)
@@ -285,7 +290,9 @@ async def test_server_error_forever_fails_after_max_attempts(
 async def test_server_error_forever_expires_with_the_session(
     receiver: PushReceiver, vapid_key: ec.EllipticCurvePrivateKey
 ) -> None:
-    webpush = WebPushNotifier(vapid_key, SUBJECT, clock=SystemClock(), max_attempts=50)
+    webpush = WebPushNotifier(
+        vapid_key, SUBJECT, clock=SystemClock(), max_attempts=50, endpoint_policy=LOOPBACK
+    )
     try:
         subscription, handle = receiver.new_subscription(500)
         started = time.monotonic()
@@ -312,7 +319,9 @@ async def test_stalled_push_service_is_abandoned_at_the_deadline(
 async def test_request_timeout_applies_to_each_attempt(
     receiver: PushReceiver, vapid_key: ec.EllipticCurvePrivateKey
 ) -> None:
-    webpush = WebPushNotifier(vapid_key, SUBJECT, clock=SystemClock(), request_timeout=0.3)
+    webpush = WebPushNotifier(
+        vapid_key, SUBJECT, clock=SystemClock(), request_timeout=0.3, endpoint_policy=LOOPBACK
+    )
     try:
         subscription, handle = receiver.new_subscription(Stall(30), 201)
         result = await push(webpush, subscription, life=30)
@@ -378,7 +387,7 @@ async def test_manual_clock_sets_vapid_expiry(
     receiver: PushReceiver, vapid_key: ec.EllipticCurvePrivateKey
 ) -> None:
     clock = ManualClock(time.time() - 3600)
-    webpush = WebPushNotifier(vapid_key, SUBJECT, clock=clock)
+    webpush = WebPushNotifier(vapid_key, SUBJECT, clock=clock, endpoint_policy=LOOPBACK)
     try:
         subscription, handle = receiver.new_subscription()
         result = await webpush.send(
@@ -395,7 +404,7 @@ async def test_manual_clock_sets_vapid_expiry(
 async def test_closed_notifier_refuses_quietly(
     receiver: PushReceiver, vapid_key: ec.EllipticCurvePrivateKey
 ) -> None:
-    webpush = WebPushNotifier(vapid_key, SUBJECT, clock=SystemClock())
+    webpush = WebPushNotifier(vapid_key, SUBJECT, clock=SystemClock(), endpoint_policy=LOOPBACK)
     subscription, handle = receiver.new_subscription()
     assert (await push(webpush, subscription)).outcome is PushOutcome.SENT
     await webpush.aclose()

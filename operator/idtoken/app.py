@@ -80,7 +80,12 @@ def create_app(
     issuers = load_issuers(settings, now=clock.now(), store=store, clock=clock)
     vapid_key = load_or_create_vapid_key(settings.push.vapid_private_key_file)
     if notifier is None:
-        notifier = WebPushNotifier(vapid_key, settings.push.vapid_subject, clock=clock)
+        notifier = WebPushNotifier(
+            vapid_key,
+            settings.push.vapid_subject,
+            clock=clock,
+            endpoint_policy=settings.push.endpoint_policy,
+        )
 
     async def on_push_result(
         session_id: str, subscription: PushSubscription, result: PushResult

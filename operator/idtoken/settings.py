@@ -26,7 +26,7 @@ from idtoken.errors import ConfigError
 from idtoken.ids import ID_PATTERN
 from idtoken.scopes import KNOWN_SCOPES
 from idtoken.store.connect import RedisUrlError, TlsFiles, parse_redis_url
-from idtoken.urls import is_loopback_host
+from idtoken.urls import PUBLIC_ONLY, AddressPolicy, is_loopback_host
 
 ENV_CONFIG = "IDTOKEN_CONFIG"
 ENV_REDIS_URL = "IDTOKEN_REDIS_URL"
@@ -72,6 +72,8 @@ class LimitSettings:
 class PushSettings:
     vapid_private_key_file: Path
     vapid_subject: str
+    # Non-public addresses a push endpoint may reach (allow_private_networks); none by default.
+    endpoint_policy: AddressPolicy = PUBLIC_ONLY
 
 
 @dataclass(frozen=True)
@@ -197,10 +199,15 @@ def parse_settings(
     keys_dir = t.path("keys_dir", default="var/keys")
 
     push_t = t.table("push")
-    push_t.allow("vapid_private_key_file", "vapid_subject")
+    push_t.allow("vapid_private_key_file", "vapid_subject", "allow_private_networks")
+    try:
+        endpoint_policy = AddressPolicy.parse(push_t.str_list("allow_private_networks"))
+    except ValueError as exc:
+        raise ConfigError(push_t.key("allow_private_networks"), str(exc)) from None
     push = PushSettings(
         vapid_private_key_file=push_t.path("vapid_private_key_file", default="var/vapid.pem"),
         vapid_subject=push_t.get_str("vapid_subject", default="mailto:ops@example.com"),
+        endpoint_policy=endpoint_policy,
     )
     if not push.vapid_subject.startswith(("mailto:", "https://")):
         raise ConfigError("push.vapid_subject", "must start with mailto: or https://")

@@ -25,7 +25,9 @@ async def enroll(request: Request) -> Response:
     subscription = None
     if f.present("pushSubscription"):
         try:
-            subscription = PushSubscription.parse(f.body["pushSubscription"]).to_json()
+            parsed = PushSubscription.parse(f.body["pushSubscription"])
+            parsed.check_policy(rt.settings.push.endpoint_policy)
+            subscription = parsed.to_json()
         except ValueError as exc:
             raise InvalidRequest(f"pushSubscription: {exc}") from exc
     req = EnrollRequest(
@@ -111,6 +113,7 @@ async def device_subscription(request: Request) -> Response:
     token_id = f.ident("tokenId")
     try:
         subscription = PushSubscription.parse(f.body["subscription"])
+        subscription.check_policy(rt.settings.push.endpoint_policy)
     except ValueError as exc:
         raise InvalidRequest(f"subscription: {exc}") from exc
     await rt.login.replace_subscription(token_id, subscription, f.timestamp(), f.signature())

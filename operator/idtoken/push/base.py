@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from idtoken import jose
-from idtoken.urls import is_loopback_host
+from idtoken.urls import AddressPolicy, is_loopback_host
 
 MAX_ENDPOINT_LENGTH = 1024
 # Printable ASCII without space: a URL on the wire never needs more, and this keeps control
@@ -149,9 +149,21 @@ class PushSubscription:
         except ValueError as exc:
             raise ValueError(f"pushSubscription: {exc}") from None
 
+    def check_policy(self, policy: AddressPolicy) -> None:
+        """Refuse (:class:`ValueError`) an endpoint whose host is a literal address, or
+        ``localhost``, that ``policy`` does not allow. Names are checked again when a push
+        resolves them."""
+        if policy.refuses_host(self.host):
+            raise ValueError("endpoint must not point at a private, loopback or reserved address")
+
     def to_json(self) -> dict[str, Any]:
         """The contract's JSON shape, as accepted by :meth:`parse`."""
         return {"endpoint": self.endpoint, "keys": {"p256dh": self.p256dh, "auth": self.auth}}
+
+    @property
+    def host(self) -> str:
+        """The endpoint's host: a name, or a literal address without brackets."""
+        return urlsplit(self.endpoint).hostname or ""
 
     @property
     def origin(self) -> str:

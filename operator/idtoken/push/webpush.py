@@ -13,18 +13,21 @@ import hashlib
 import json
 import logging
 import re
+import socket
 from collections.abc import Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography.hazmat.primitives.asymmetric import ec
 from pywebpush import WebPusher
 
 from idtoken.clock import Clock
 from idtoken.push.base import PushOutcome, PushResult, PushSubscription, b64url_encode
 from idtoken.push.vapid import VapidSigner
+from idtoken.urls import PUBLIC_ONLY, AddressPolicy
 
 logger = logging.getLogger("idtoken.push")
 
@@ -80,6 +83,35 @@ def encrypt_payload(subscription: PushSubscription, payload: Mapping[str, Any]) 
     return bytes(encoded["body"])
 
 
+class RefusedAddress(OSError):
+    """An endpoint's host resolved only to addresses the :class:`AddressPolicy` refuses."""
+
+
+class PolicyResolver(AbstractResolver):
+    """aiohttp's resolver with every address the policy refuses taken out of its answers.
+
+    The check sits where the connection gets its addresses, so the address checked is the
+    address connected to: a name cannot resolve to a public address for a check and to an
+    internal one for the connection (DNS rebinding). Literal IP hosts never reach a resolver;
+    :meth:`WebPushNotifier.send` checks those itself."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self._policy = policy
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        answers = await self._inner.resolve(host, port, family)
+        allowed = [r for r in answers if self._policy.allows(r["host"])]
+        if not allowed:
+            raise RefusedAddress("the endpoint resolves to no address the push policy allows")
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 class WebPushNotifier:
     """A :class:`~idtoken.push.base.Notifier` speaking Web Push with VAPID.
 
@@ -88,6 +120,10 @@ class WebPushNotifier:
     statuses → failed. At most ``max_attempts`` requests, each limited to
     ``min(request_timeout, time left before deadline)``; when the next attempt would start
     after the deadline the push ends as expired.
+
+    ``endpoint_policy`` decides which addresses a push may connect to (public ones, and the
+    networks it lists): an endpoint whose host is, or resolves only to, another address fails
+    at once, without a request and without retries.
     """
 
     def __init__(
@@ -98,6 +134,7 @@ class WebPushNotifier:
         clock: Clock,
         max_attempts: int = 4,
         request_timeout: float = 10.0,
+        endpoint_policy: AddressPolicy = PUBLIC_ONLY,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -107,7 +144,9 @@ class WebPushNotifier:
         self._clock = clock
         self._max_attempts = max_attempts
         self._request_timeout = request_timeout
+        self._policy = endpoint_policy
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: PolicyResolver | None = None
         self._closed = False
 
     @property
@@ -165,6 +204,11 @@ class WebPushNotifier:
             # pywebpush/http_ece raise their own types; still not worth crashing a push task.
             logger.error("push to %s not encryptable: %s", subscription.origin, type(exc).__name__)
             return PushOutcome.FAILED, 0, None
+        # A literal address never reaches the resolver, so it is checked here; names
+        # (``localhost`` too) are checked on the addresses they resolve to.
+        if self._policy.refuses_literal(subscription.host):
+            _log_refused(subscription)
+            return PushOutcome.FAILED, 0, None
         loop = asyncio.get_running_loop()
         headers = {
             "Content-Encoding": "aes128gcm",
@@ -188,9 +232,13 @@ class WebPushNotifier:
             headers["Authorization"] = self._signer.authorization(
                 subscription.origin, now=self._clock.now()
             )
-            status, retry_after = await self._attempt(
-                subscription, body, headers, seconds=min(self._request_timeout, remaining)
-            )
+            try:
+                status, retry_after = await self._attempt(
+                    subscription, body, headers, seconds=min(self._request_timeout, remaining)
+                )
+            except RefusedAddress:
+                _log_refused(subscription)
+                return PushOutcome.FAILED, attempts, None
             if status is not None and 200 <= status < 300:
                 outcome = PushOutcome.SENT if attempts == 1 else PushOutcome.RETRIED
                 return outcome, attempts, status
@@ -231,6 +279,10 @@ class WebPushNotifier:
                         # Reading the (empty) body returns the connection to the pool. If that
                         # fails the answer still stands; only the connection is lost.
                         await response.read()
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, RefusedAddress):
+                raise exc.os_error from None
+            logger.debug("push to %s: %s", subscription.origin, type(exc).__name__)
         except Exception as exc:
             # Only the exception type: messages of URL errors can carry the endpoint path.
             logger.debug("push to %s: %s", subscription.origin, type(exc).__name__)
@@ -239,7 +291,9 @@ class WebPushNotifier:
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use so that it belongs to the loop that runs the pushes.
         if self._session is None:
+            self._resolver = PolicyResolver(self._policy)
             self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=self._resolver),
                 timeout=aiohttp.ClientTimeout(total=self._request_timeout),
                 trust_env=False,
                 auto_decompress=False,
@@ -251,3 +305,14 @@ class WebPushNotifier:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+        if self._resolver is not None:
+            resolver, self._resolver = self._resolver, None
+            await resolver.close()
+
+
+def _log_refused(subscription: PushSubscription) -> None:
+    logger.warning(
+        "push to %s refused: the endpoint is not a public address and not in "
+        "push.allow_private_networks",
+        subscription.origin,
+    )
