@@ -115,7 +115,8 @@ SCHEMAS: JsonObject = {
         "type": "object",
         "description": (
             "A Web Push subscription as `PushSubscription.toJSON()` gives it. `endpoint` is an "
-            "https URL (http only for loopback hosts) without credentials or fragment; "
+            "https URL (http only for loopback hosts) without credentials or fragment, on a "
+            "public address unless the operator's `push.allow_private_networks` lists it; "
             "`p256dh` is an uncompressed P-256 point (65 bytes) and `auth` 16 bytes, both "
             "canonical base64url without padding. `expirationTime` is accepted and ignored."
         ),
