@@ -8,6 +8,7 @@ push; names are checked on the addresses they resolve to, on the connection itse
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,10 +21,16 @@ from conftest import OperatorFactory
 from idtoken.client import Device
 from idtoken.client.device import OperatorError
 from idtoken.clock import SystemClock
-from idtoken.push.base import PushOutcome, PushSubscription
+from idtoken.push.base import PushOutcome, PushResult, PushSubscription
 from idtoken.push.webpush import WebPushNotifier
 from idtoken.settings import ConfigError, load_settings
-from idtoken.urls import PUBLIC_ONLY, AddressPolicy
+from idtoken.urls import (
+    PUBLIC_ONLY,
+    AddressPolicy,
+    NotAnAddress,
+    is_canonical_address,
+    literal_address,
+)
 from pushreceiver import PushReceiver
 from support import OperatorConfig
 
@@ -51,9 +58,21 @@ REFUSED = [
     "::ffff:127.0.0.1",  # IPv4-mapped loopback
     "::ffff:10.0.0.7",
     "2002:7f00:1::",  # 6to4 around 127.0.0.1
+    "::7f00:1",  # IPv4-compatible (deprecated) 127.0.0.1
+    "::a00:7",  # IPv4-compatible 10.0.0.7
+    "::ffff:0:7f00:1",  # SIIT's IPv4-translated 127.0.0.1
+    "64:ff9b::a9fe:a9fe",  # NAT64 to 169.254.169.254
+    "64:ff9b:1::a00:7",  # local-use NAT64
+    "fec0::1",  # site-local
     "not-an-address",
 ]
-PUBLIC = ["8.8.8.8", "142.250.74.110", "2606:4700:4700::1111", "::ffff:8.8.8.8"]
+PUBLIC = [
+    "8.8.8.8",
+    "142.250.74.110",
+    "2606:4700:4700::1111",
+    "::ffff:8.8.8.8",
+    "64:ff9b::808:808",  # NAT64 to a public address: how IPv6-only networks reach IPv4
+]
 
 
 @pytest.mark.parametrize("address", REFUSED)
@@ -95,6 +114,29 @@ def test_hosts_decided_without_dns() -> None:
     assert not PUBLIC_ONLY.refuses_literal("8.8.8.8")
 
 
+@pytest.mark.parametrize("host", ["2130706433", "127.1", "0177.0.0.1", "0x7f.1", "127.0.0.1."])
+def test_numeric_ipv4_forms_are_read_as_the_address_a_resolver_would_use(host: str) -> None:
+    assert literal_address(host) == ipaddress.IPv4Address("127.0.0.1")
+    assert PUBLIC_ONLY.refuses_literal(host)
+    assert PUBLIC_ONLY.refuses_host(host)
+    assert not is_canonical_address(host)  # and a stored endpoint may not use them
+
+
+@pytest.mark.parametrize("host", ["999.1", "1.2.3.4.5", "4294967296"])
+def test_a_numeric_host_that_is_no_address_is_refused(host: str) -> None:
+    with pytest.raises(NotAnAddress):
+        literal_address(host)
+    assert PUBLIC_ONLY.refuses_literal(host)
+    assert LOOPBACK.refuses_literal(host)
+    assert not is_canonical_address(host)
+
+
+def test_names_and_plain_addresses_are_canonical() -> None:
+    for host in ("push.example.com", "cafe.de", "8.8.8.8", "[2606:4700::1]", "localhost"):
+        assert is_canonical_address(host), host
+    assert literal_address("cafe.de") is None
+
+
 @pytest.mark.parametrize("bad", ["10.0.0.0/33", "example.com", "", "10.0.0.300"])
 def test_a_network_that_is_not_one_is_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="is not an IP network"):
@@ -132,7 +174,7 @@ async def receiver() -> AsyncIterator[PushReceiver]:
         yield push_service
 
 
-async def _send(policy: AddressPolicy, subscription: PushSubscription) -> PushOutcome:
+async def _send(policy: AddressPolicy, subscription: PushSubscription) -> PushResult:
     notifier = WebPushNotifier(
         ec.generate_private_key(ec.SECP256R1()),
         SUBJECT,
@@ -146,7 +188,7 @@ async def _send(policy: AddressPolicy, subscription: PushSubscription) -> PushOu
         )
     finally:
         await notifier.aclose()
-    return result.outcome
+    return result
 
 
 def _on_localhost(subscription: PushSubscription) -> PushSubscription:
@@ -163,7 +205,8 @@ async def test_a_literal_private_endpoint_gets_no_request(
 ) -> None:
     subscription, _ = receiver.new_subscription()
     with caplog.at_level(logging.WARNING, logger="idtoken.push"):
-        assert await _send(PUBLIC_ONLY, subscription) is PushOutcome.FAILED
+        result = await _send(PUBLIC_ONLY, subscription)
+    assert (result.outcome, result.attempts, result.status) == (PushOutcome.FAILED, 0, None)
     assert receiver.requests == []
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert refused and all("/push/" not in m for m in refused)  # the origin only, no path
@@ -191,10 +234,11 @@ async def test_a_name_that_resolves_to_loopback_gets_no_request_and_no_retry(
 
 async def test_listed_networks_are_reached_by_address_and_by_name(receiver: PushReceiver) -> None:
     by_address, _ = receiver.new_subscription()
-    assert await _send(LOOPBACK, by_address) is PushOutcome.SENT
+    assert (await _send(LOOPBACK, by_address)).outcome is PushOutcome.SENT
     by_name, _ = receiver.new_subscription()
-    await _send(LOOPBACK, _on_localhost(by_name))
-    assert len(receiver.requests) == 2  # the second arrived (its VAPID audience names localhost)
+    result = await _send(LOOPBACK, _on_localhost(by_name))
+    assert result.status is not None  # an answer came back: the connection was allowed
+    assert len(receiver.requests) == 2
 
 
 # ------------------------------------------------------------------------ the API
@@ -212,6 +256,10 @@ def _subscription_json(endpoint: str, receiver: PushReceiver) -> dict[str, Any]:
         "https://[::ffff:127.0.0.1]/push/x",
         "http://localhost:9/push/x",
         "http://127.0.0.1:6379/",
+        "https://2130706433/push/x",  # 127.0.0.1 as one number
+        "https://0x7f.1/push/x",
+        "https://[64:ff9b::a9fe:a9fe]/latest",  # NAT64 to the metadata service
+        "https://[::7f00:1]/push/x",
     ],
 )
 async def test_enrollment_with_a_private_endpoint_is_refused_and_changes_nothing(
@@ -224,7 +272,7 @@ async def test_enrollment_with_a_private_endpoint_is_refused_and_changes_nothing
             await device.enroll(token, push_subscription=_subscription_json(endpoint, receiver))
         assert refused.value.status == 400
         assert refused.value.error == "invalid_request"
-        assert "private" in refused.value.description
+        assert refused.value.description.startswith("pushSubscription.endpoint must")
         # Nothing was consumed or stored: the same enrollment token still works.
         public = _subscription_json("https://push.example.com/push/abc", receiver)
         await device.enroll(token, push_subscription=public)
@@ -245,7 +293,27 @@ async def test_a_private_replacement_subscription_is_refused_and_the_old_one_kep
             with pytest.raises(OperatorError) as refused:
                 await device.replace_subscription(_subscription_json(endpoint, receiver))
             assert refused.value.status == 400
+            assert refused.value.description == (
+                "subscription.endpoint must not point at a private, loopback or reserved address"
+            )
         # The next push still goes to the subscription enrolled first.
         await op.rp().initiate("user-ssrf2", ["identity:name"])
         await receiver.wait_for_requests(1)
         assert len(handle.requests) == 1
+
+
+async def test_subscription_errors_name_the_member_they_came_in(
+    make_operator: OperatorFactory, redis_url: str, receiver: PushReceiver
+) -> None:
+    async with make_operator() as op:
+        device = op.device()
+        with pytest.raises(OperatorError) as refused:
+            await device.enroll(
+                op.issuer.mint("user-msg"),
+                push_subscription=_subscription_json("ftp://push.example.com/x", receiver),
+            )
+        assert refused.value.description == "pushSubscription.endpoint must be an https URL"
+        await device.enroll(op.issuer.mint("user-msg"))
+        with pytest.raises(OperatorError) as replaced:
+            await device.replace_subscription({"endpoint": "https://push.example.com/x"})
+        assert replaced.value.description == "subscription.keys must be an object"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -21,6 +22,54 @@ def is_loopback_host(host: str) -> bool:
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address a packet may end up at: IPv4-mapped,
+# SIIT's IPv4-translated, NAT64's well-known prefix and the deprecated IPv4-compatible form.
+_CARRIES_IPV4 = tuple(
+    ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "::/96")
+)
+# Not public whatever `is_global` says in a given Python release: site-local (deprecated) and
+# the local-use NAT64 prefix (RFC 8215), whose IPv4 part sits at a prefix-dependent place.
+_NEVER_PUBLIC = tuple(ipaddress.IPv6Network(n) for n in ("fec0::/10", "64:ff9b:1::/48"))
+
+
+class NotAnAddress(ValueError):
+    """A host that looks numeric but is no address (``999.1``, ``1.2.3.4.5``)."""
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """The address a URL host names literally, or None for a name.
+
+    Brackets, an IPv6 zone and trailing dots are dropped. Besides dotted quads, the numeric
+    IPv4 forms that ``inet_aton`` and so many resolvers and HTTP clients accept are read the
+    same way: ``2130706433``, ``127.1``, ``0177.0.0.1`` and ``0x7f.1`` are all 127.0.0.1.
+    :class:`NotAnAddress` for a host made of digits and dots that is none of these.
+    """
+    text = host.strip("[]").split("%", 1)[0].rstrip(".")
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(text))
+    except OSError:
+        pass
+    if text.replace(".", "").isdigit():
+        raise NotAnAddress(host)
+    return None
+
+
+def is_canonical_address(host: str) -> bool:
+    """True unless ``host`` is an IPv4 address written other than as a plain dotted quad (or
+    a numeric host that is no address): such hosts mean different things to different
+    clients, so URLs the operator stores must not use them."""
+    try:
+        address = literal_address(host)
+    except NotAnAddress:
+        return False
+    if address is None or address.version == 6:
+        return True
+    return host.strip("[]") == str(address)
+
 
 @dataclass(frozen=True)
 class AddressPolicy:
@@ -29,9 +78,10 @@ class AddressPolicy:
     A push endpoint is chosen by the device, so without a policy an enrolled phone could point
     the operator's POSTs at hosts inside the operator's own network (server-side request
     forgery). Public unicast addresses are always allowed. Every other address — loopback,
-    private, link-local, shared (100.64.0.0/10), multicast, reserved, unspecified, and IPv6
-    forms that embed such an IPv4 address — only inside one of ``allowed``: the push services
-    an operator runs on its own network, and tests.
+    private, link-local, shared (100.64.0.0/10), multicast, reserved, unspecified, site-local,
+    and IPv6 forms that carry such an IPv4 address (IPv4-mapped, IPv4-translated, NAT64,
+    IPv4-compatible, 6to4) — only inside one of ``allowed``: the push services an operator runs
+    on its own network, and tests.
     """
 
     allowed: tuple[IPNetwork, ...] = ()
@@ -56,12 +106,14 @@ class AddressPolicy:
                 address = ipaddress.ip_address(address.split("%", 1)[0])
             except ValueError:
                 return False
-        if isinstance(address, ipaddress.IPv6Address):
-            embedded = address.ipv4_mapped or address.sixtofour
-            if embedded is not None:  # judged as the IPv4 address it carries
-                return self.allows(embedded)
         if any(address in network for network in self.allowed):
             return True
+        if isinstance(address, ipaddress.IPv6Address):
+            carried = _carried_ipv4(address)
+            if carried is not None:  # judged as the IPv4 address it leads to
+                return self.allows(carried)
+            if any(address in network for network in _NEVER_PUBLIC):
+                return False
         return address.is_global and not address.is_multicast
 
     def refuses_host(self, host: str) -> bool:
@@ -73,12 +125,21 @@ class AddressPolicy:
         return self.refuses_literal(host)
 
     def refuses_literal(self, host: str) -> bool:
-        """True when ``host`` is a literal IP address (brackets allowed) outside the policy."""
+        """True when ``host`` is a literal IP address (in any form :func:`literal_address`
+        reads) outside the policy, or a numeric host that is no address."""
         try:
-            address = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-        except ValueError:
-            return False
-        return not self.allows(address)
+            address = literal_address(host)
+        except NotAnAddress:
+            return True
+        return address is not None and not self.allows(address)
+
+
+def _carried_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in network for network in _CARRIES_IPV4):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 PUBLIC_ONLY = AddressPolicy()

@@ -29,7 +29,7 @@ async def enroll(request: Request) -> Response:
             parsed.check_policy(rt.settings.push.endpoint_policy)
             subscription = parsed.to_json()
         except ValueError as exc:
-            raise InvalidRequest(f"pushSubscription: {exc}") from exc
+            raise InvalidRequest(str(exc)) from exc
     req = EnrollRequest(
         enrollment_token=f.compact_jws("enrollmentToken"),
         public_key_pem=f.text_block("publicKeyPem", max_length=1024),
@@ -112,9 +112,9 @@ async def device_subscription(request: Request) -> Response:
     )
     token_id = f.ident("tokenId")
     try:
-        subscription = PushSubscription.parse(f.body["subscription"])
-        subscription.check_policy(rt.settings.push.endpoint_policy)
+        subscription = PushSubscription.parse(f.body["subscription"], name="subscription")
+        subscription.check_policy(rt.settings.push.endpoint_policy, name="subscription")
     except ValueError as exc:
-        raise InvalidRequest(f"subscription: {exc}") from exc
+        raise InvalidRequest(str(exc)) from exc
     await rt.login.replace_subscription(token_id, subscription, f.timestamp(), f.signature())
     return json_response({"status": "updated"})

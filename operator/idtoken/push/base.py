@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from idtoken import jose
-from idtoken.urls import AddressPolicy, is_loopback_host
+from idtoken.urls import AddressPolicy, is_canonical_address, is_loopback_host
 
 MAX_ENDPOINT_LENGTH = 1024
 # Printable ASCII without space: a URL on the wire never needs more, and this keeps control
@@ -77,6 +77,8 @@ def _check_endpoint(endpoint: str) -> None:
         raise ValueError("endpoint must not have a fragment")
     if parts.scheme == "http" and not is_loopback_host(host):
         raise ValueError("endpoint must be an https URL")
+    if not is_canonical_address(host):  # 2130706433, 127.1, 0x7f.1: each client reads them its way
+        raise ValueError("endpoint must name its host, or give its address in the usual form")
 
 
 def _check_p256dh(value: str) -> None:
@@ -117,44 +119,47 @@ class PushSubscription:
         _check_auth(self.auth)
 
     @classmethod
-    def parse(cls, value: object) -> PushSubscription:
+    def parse(cls, value: object, *, name: str = "pushSubscription") -> PushSubscription:
         """Build from the contract's JSON ``{"endpoint", "keys": {"p256dh", "auth"}}``.
 
         Strict: unknown members, missing members and wrong types raise :class:`ValueError`
-        with a message fit for a 400 response (it never echoes the input).
+        with a message fit for a 400 response (it never echoes the input), naming the value
+        as ``name`` (the request member it came in).
         """
         if not isinstance(value, Mapping):
-            raise ValueError("pushSubscription must be an object")
+            raise ValueError(f"{name} must be an object")
         unknown = set(value) - _SUBSCRIPTION_MEMBERS - _TOLERATED_MEMBERS
         if unknown:
-            raise ValueError("pushSubscription has unknown members")
+            raise ValueError(f"{name} has unknown members")
         expiration = value.get("expirationTime")
         if expiration is not None and (
             isinstance(expiration, bool) or not isinstance(expiration, int | float)
         ):
-            raise ValueError("pushSubscription.expirationTime must be null or a number")
+            raise ValueError(f"{name}.expirationTime must be null or a number")
         endpoint = value.get("endpoint")
         if not isinstance(endpoint, str):
-            raise ValueError("pushSubscription.endpoint must be a string")
+            raise ValueError(f"{name}.endpoint must be a string")
         keys = value.get("keys")
         if not isinstance(keys, Mapping):
-            raise ValueError("pushSubscription.keys must be an object")
+            raise ValueError(f"{name}.keys must be an object")
         if set(keys) != _KEY_MEMBERS:
-            raise ValueError("pushSubscription.keys must have exactly p256dh and auth")
+            raise ValueError(f"{name}.keys must have exactly p256dh and auth")
         p256dh, auth = keys["p256dh"], keys["auth"]
         if not isinstance(p256dh, str) or not isinstance(auth, str):
-            raise ValueError("pushSubscription.keys members must be strings")
+            raise ValueError(f"{name}.keys members must be strings")
         try:
             return cls(endpoint=endpoint, p256dh=p256dh, auth=auth)
         except ValueError as exc:
-            raise ValueError(f"pushSubscription: {exc}") from None
+            raise ValueError(f"{name}.{exc}") from None
 
-    def check_policy(self, policy: AddressPolicy) -> None:
-        """Refuse (:class:`ValueError`) an endpoint whose host is a literal address, or
-        ``localhost``, that ``policy`` does not allow. Names are checked again when a push
-        resolves them."""
+    def check_policy(self, policy: AddressPolicy, *, name: str = "pushSubscription") -> None:
+        """Refuse (:class:`ValueError`, naming the value as ``name``) an endpoint whose host is
+        a literal address, or ``localhost``, that ``policy`` does not allow. Names are checked
+        again when a push resolves them."""
         if policy.refuses_host(self.host):
-            raise ValueError("endpoint must not point at a private, loopback or reserved address")
+            raise ValueError(
+                f"{name}.endpoint must not point at a private, loopback or reserved address"
+            )
 
     def to_json(self) -> dict[str, Any]:
         """The contract's JSON shape, as accepted by :meth:`parse`."""

@@ -239,6 +239,9 @@ class WebPushNotifier:
             except RefusedAddress:
                 _log_refused(subscription)
                 return PushOutcome.FAILED, attempts, None
+            except aiohttp.InvalidURL:  # no later attempt could do better
+                logger.warning("push to %s failed: unusable endpoint URL", subscription.origin)
+                return PushOutcome.FAILED, attempts, None
             if status is not None and 200 <= status < 300:
                 outcome = PushOutcome.SENT if attempts == 1 else PushOutcome.RETRIED
                 return outcome, attempts, status
@@ -283,6 +286,8 @@ class WebPushNotifier:
             if isinstance(exc.os_error, RefusedAddress):
                 raise exc.os_error from None
             logger.debug("push to %s: %s", subscription.origin, type(exc).__name__)
+        except aiohttp.InvalidURL:
+            raise
         except Exception as exc:
             # Only the exception type: messages of URL errors can carry the endpoint path.
             logger.debug("push to %s: %s", subscription.origin, type(exc).__name__)
