@@ -149,9 +149,12 @@ def rejected_message(reason: str) -> str:
 
 
 async def enroll(
-    store: Store, device: DeviceRecord | None = None, *, replay_id: str = "jti-1"
+    store: Store, device: DeviceRecord | None = None, *, replay_id: str | None = None
 ) -> EnrollStatus:
-    return await store.enroll(device or device_record(), replay_id=replay_id, replay_ttl=600)
+    device = device or device_record()
+    if replay_id is None:  # each token's own enrollment token (a jti is single use across tokens)
+        replay_id = "jti-1" if device.token_id == TOKEN else f"jti-{device.token_id}"
+    return await store.enroll(device, replay_id=replay_id, replay_ttl=600)
 
 
 async def create(
@@ -304,10 +307,22 @@ async def test_enroll_with_a_seen_replay_id_is_replayed_and_changes_nothing(stor
     assert (await stored(store, "sess_a")).state == "pending"
 
 
-async def test_replay_ids_are_remembered_per_token(store: Store) -> None:
+async def test_a_replay_id_is_single_use_across_tokens(store: Store) -> None:
     await enroll(store, replay_id="jti-1")
     status = await enroll(store, device_record("tok-2"), replay_id="jti-1")
-    assert status is EnrollStatus.ENROLLED
+    assert status is EnrollStatus.REPLAYED
+    assert await store.get_device("tok-2") is None
+
+
+async def test_a_refused_enrollment_does_not_use_up_its_replay_id(store: Store) -> None:
+    await enroll(store, replay_id="jti-1")
+    conflict = await enroll(store, device_record(issuer="https://other.example"), replay_id="j2")
+    assert conflict is EnrollStatus.CONFLICT
+    assert await enroll(store, device_record("tok-2"), replay_id="j2") is EnrollStatus.ENROLLED
+    await enroll(store, device_record("tok-3", status="revoked"), replay_id="jti-3")
+    revoked = await enroll(store, device_record("tok-3"), replay_id="j4")
+    assert revoked is EnrollStatus.REVOKED
+    assert await enroll(store, device_record("tok-4"), replay_id="j4") is EnrollStatus.ENROLLED
 
 
 async def test_enroll_same_issuer_replaces_device(store: Store) -> None:
@@ -1161,9 +1176,12 @@ async def test_redis_session_and_token_keys_carry_the_token_hash_tag(
     keys = redis_keys(redis_srv)
     refs = {k for k in keys if k.startswith("idtoken:sessref:")}
     rates = {k for k in keys if k.startswith("idtoken:rate:")}
+    # An enrollment token is single use across tokens, so its claim has its own slot.
+    claims = {k for k in keys if k.startswith("idtoken:lock:")}
     assert refs == {f"idtoken:sessref:{{{sid}}}" for sid in ("sess_a", "sess_b", "sess_c")}
     assert rates == {"idtoken:rate:{enroll:203.0.113.9}"}
-    tagged = keys - refs - rates
+    assert claims == {"idtoken:lock:{enroll-jti:jti-1}", "idtoken:lock:{enroll-jti:jti-2}"}
+    tagged = keys - refs - rates - claims
     assert {k for k in tagged if not k.startswith(f"idtoken:{{t:{TOKEN}}}:")} == set()
     assert {f"idtoken:{{t:{TOKEN}}}:sess:{s}" for s in ("sess_a", "sess_b", "sess_c")} <= tagged
 

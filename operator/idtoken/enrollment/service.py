@@ -158,12 +158,10 @@ class EnrollmentService:
         )
         replay_id = hashlib.sha256(f"{assertion.issuer}\n{assertion.jti}".encode()).hexdigest()
         replay_ttl = int(assertion.exp + self._settings.enrollment.leeway - now) + 1
-        # Single use is keyed on iss + jti alone (catalogue E01). store.enroll's marker lives
-        # under the token, so it misses the same jti with another `sub` and every reuse of a
-        # KYC result (which gets a fresh tokenId each time): the jti is consumed here first,
-        # once across all instances.
-        if not await self._store.acquire(f"enroll-jti:{replay_id}", ttl=replay_ttl):
-            self._replayed(assertion)
+        # Single use is keyed on iss + jti alone (catalogue E01), across every token: the same
+        # jti with another `sub`, and every reuse of a KYC result (which gets a fresh tokenId
+        # each time), is a replay. store.enroll claims it together with the write, so an
+        # enrollment the store could not complete leaves the token usable for a retry.
         status = await self._store.enroll(record, replay_id=replay_id, replay_ttl=replay_ttl)
         if status is EnrollStatus.REPLAYED:
             self._replayed(assertion)

@@ -263,11 +263,13 @@ class Store(Protocol):
     async def enroll(
         self, device: DeviceRecord, *, replay_id: str, replay_ttl: int
     ) -> EnrollStatus:
-        """Atomically: refuse if ``replay_id`` was seen for this token (REPLAYED), if the token
-        is revoked (REVOKED) or belongs to another issuer (CONFLICT); otherwise remember
-        ``replay_id`` for ``replay_ttl`` seconds and store ``device``, replacing the previous
-        device of the same issuer (REPLACED) or creating it (ENROLLED). A replaced device's
-        pending sessions end as rejected."""
+        """Atomically: refuse if ``replay_id`` was claimed by an enrollment of any token within
+        its ``replay_ttl`` (REPLAYED), if the token is revoked (REVOKED) or belongs to another
+        issuer (CONFLICT); otherwise claim ``replay_id`` for ``replay_ttl`` seconds and store
+        ``device``, replacing the previous device of the same issuer (REPLACED) or creating it
+        (ENROLLED). A replaced device's pending sessions end as rejected. Nothing is claimed
+        or written unless the result is ENROLLED or REPLACED, so an enrollment the store could
+        not complete can be retried with the same token."""
         ...
 
     async def mark_push_dead(self, token_id: str, endpoint: str) -> None:

@@ -29,3 +29,13 @@ def shard_channel(token_id: str) -> str:
 
 def ref_key(session_id: str) -> str:
     return f"idtoken:sessref:{{{session_id}}}"
+
+
+def lock_key(name: str) -> str:
+    """A single-use claim or cooldown (``Store.acquire``), in its own slot."""
+    return f"idtoken:lock:{{{name}}}"
+
+
+def enroll_claim(replay_id: str) -> str:
+    """The claim that makes an enrollment token single use, across every token."""
+    return lock_key(f"enroll-jti:{replay_id}")

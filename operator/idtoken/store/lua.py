@@ -11,9 +11,12 @@ token's own channel ``idtoken:{t:<tokenId>}:events`` — in the same slot as the
 shard that runs the script also delivers the message, and only to the instances listening to
 that token.
 
-The one key outside the token's slot is the socket reference ``idtoken:sessref:{<sid>}``:
-CREATE writes it when given a fifth key (standalone, Sentinel), and leaves it to the caller
-when not (Cluster, see :meth:`~idtoken.store.redis.RedisStore.create_session`).
+Two keys live outside the token's slot, and the scripts write them only where there are no
+slots (standalone, Sentinel): the socket reference ``idtoken:sessref:{<sid>}``, which CREATE
+writes when given a fifth key, and the enrollment token's claim
+``idtoken:lock:{enroll-jti:<id>}``, which ENROLL checks and sets as its replay marker. On a
+Cluster the caller handles both (see :meth:`~idtoken.store.redis.RedisStore.create_session`
+and :meth:`~idtoken.store.redis.RedisStore.enroll`).
 """
 
 from __future__ import annotations
@@ -165,7 +168,7 @@ return redis.call('HGETALL', KEYS[1])
 """
 )
 
-# KEYS: device, replay marker, pending
+# KEYS: device, replay marker (the global claim; on a Cluster the token's own marker), pending
 # ARGV: now, keep, channel, session-key prefix, replay_ttl, issuer, final, fields...
 ENROLL = (
     _PRELUDE

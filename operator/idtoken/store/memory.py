@@ -77,7 +77,7 @@ class MemoryStore:
     ) -> EnrollStatus:
         now = self._clock.now()
         self._gc(now)
-        marker = f"jti:{device.token_id}:{replay_id}"
+        marker = f"lock:enroll-jti:{replay_id}"  # the namespace of acquire(): one claim
         if self._markers.get(marker, 0.0) > now:
             return EnrollStatus.REPLAYED
         old = self._devices.get(device.token_id)

@@ -60,7 +60,14 @@ from idtoken.store.base import (
 )
 from idtoken.store.connect import TlsFiles, open_connections
 from idtoken.store.feeds import ChannelFeed, Listeners, ShardFeed
-from idtoken.store.layout import device_key, ref_key, session_key, token_tag
+from idtoken.store.layout import (
+    device_key,
+    enroll_claim,
+    lock_key,
+    ref_key,
+    session_key,
+    token_tag,
+)
 from idtoken.store.resp import RespError, Script
 
 log = logging.getLogger("idtoken.store")
@@ -187,22 +194,40 @@ class RedisStore:
         self, device: DeviceRecord, *, replay_id: str, replay_ttl: int
     ) -> EnrollStatus:
         tag = token_tag(device.token_id)
-        status = await self._publish(
-            "ENROLL",
-            device.token_id,
-            [device_key(device.token_id), f"{tag}:jti:{replay_id}", f"{tag}:pending"],
-            [
-                repr(self._clock.now()),
-                RESULT_KEEP,
-                self._feed.channel(device.token_id),
-                f"{tag}:sess:",
-                max(1, replay_ttl),
-                device.issuer,
-                final_message("rejected", "User rejected"),
-                *_flatten(device.to_fields()),
-            ],
-        )
-        return EnrollStatus(status)
+        claim = enroll_claim(replay_id)
+        args = [
+            repr(self._clock.now()),
+            RESULT_KEEP,
+            self._feed.channel(device.token_id),
+            f"{tag}:sess:",
+            max(1, replay_ttl),
+            device.issuer,
+            final_message("rejected", "User rejected"),
+            *_flatten(device.to_fields()),
+        ]
+        if not self._cluster:  # the script claims the token with the write: both or neither
+            keys = [device_key(device.token_id), claim, f"{tag}:pending"]
+            return EnrollStatus(await self._publish("ENROLL", device.token_id, keys, args))
+        # On a Cluster the claim is in another slot than the token's keys: take it first, and
+        # give it back when the enrollment was refused or could not be stored, so that the
+        # phone can try again with the same token (a shard failing over, for instance). The
+        # script's own marker, under the token, keeps the same token from being stored twice.
+        if not await self.acquire(f"enroll-jti:{replay_id}", ttl=max(1, replay_ttl)):
+            return EnrollStatus.REPLAYED
+        keys = [device_key(device.token_id), f"{tag}:jti:{replay_id}", f"{tag}:pending"]
+        try:
+            status = EnrollStatus(await self._publish("ENROLL", device.token_id, keys, args))
+        except StoreUnavailable:
+            await self._give_back(claim)
+            raise
+        if status not in (EnrollStatus.ENROLLED, EnrollStatus.REPLACED):
+            await self._give_back(claim)
+        return status
+
+    async def _give_back(self, claim: str) -> None:
+        """Delete a claim, if the store lets us; else it expires with its TTL."""
+        with contextlib.suppress(StoreUnavailable):
+            await self._call(self._r.delete(claim))
 
     async def mark_push_dead(self, token_id: str, endpoint: str) -> None:
         await self._run("MARK_DEAD", [device_key(token_id)], [endpoint])
@@ -251,9 +276,7 @@ class RedisStore:
         await self._call(self._r.set(f"idtoken:cache:{{{name}}}", value, ex=max(1, ttl)))
 
     async def acquire(self, name: str, *, ttl: int) -> bool:
-        done = await self._call(
-            self._r.set(f"idtoken:lock:{{{name}}}", "1", ex=max(1, ttl), nx=True)
-        )
+        done = await self._call(self._r.set(lock_key(name), "1", ex=max(1, ttl), nx=True))
         return bool(done)
 
     # ---- sessions ------------------------------------------------------------------------
