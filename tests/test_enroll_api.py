@@ -921,10 +921,15 @@ async def test_reenrollment_from_another_issuer_is_a_conflict(
     assert first.status_code == 201, first.text
     device_before = redis_srv.cli("HGETALL", "idtoken:{t:conflict-user}:device")
     for issuer in (other_issuer(op), ec_issuer(op)):
-        resp = await post_enroll(op, issuer.mint("conflict-user"))
-        assert resp.status_code == 409, resp.text
-        assert resp.json()["error"] == "token_conflict"
+        token = issuer.mint("conflict-user")
+        # A refused enrollment does not use the token up: the same answer again, no replay.
+        for _ in range(2):
+            resp = await post_enroll(op, token)
+            assert resp.status_code == 409, resp.text
+            assert resp.json()["error"] == "token_conflict"
     assert redis_srv.cli("HGETALL", "idtoken:{t:conflict-user}:device") == device_before
+    claims = [k for k in stored_keys(redis_srv) if k.startswith("idtoken:lock:{enroll-jti:")]
+    assert len(claims) == 1, claims  # the first enrollment's, none for the refused ones
 
 
 # =========================================================================== J20 device keys

@@ -6,17 +6,20 @@ Key layout (``T`` = tokenId, ``S`` = sessionId)::
     idtoken:{t:T}:pending       zset    S -> expiresAt of the token's pending sessions
     idtoken:{t:T}:pushes        zset    pushes since the last successful login (rate window)
     idtoken:{t:T}:sess:S        hash    the session; TTL = lifetime + RESULT_KEEP
-    idtoken:{t:T}:jti:<id>      string  single-use enrollment-token marker, TTL = exp + leeway
+    idtoken:{t:T}:jti:<id>      string  Cluster: the enrollment-token marker under the token
     idtoken:sessref:{S}         string  S -> T, for sockets that know only S; same TTL
+    idtoken:lock:{enroll-jti:<id>}  string  an enrollment token's single-use claim (any token),
+                                        TTL = exp + leeway; other locks and cooldowns too
     idtoken:rate:{<key>}        zset    sliding-window rate limits
     idtoken:events              channel decisions and socket claims (standalone, Sentinel)
     idtoken:{t:T}:events        shard channel, the same per token (Redis Cluster)
 
-Everything a state change touches carries the token's hash tag, so each Lua script stays in
-one Cluster slot. Each state change is a single script call: one round trip.
+Everything a state change touches carries the token's hash tag, except the socket reference
+and the enrollment claim, which a script writes only where there are no slots; so each Lua
+script stays in one Cluster slot. Each state change is a single script call: one round trip.
 
 Deployments (chosen by the URL scheme, see :mod:`idtoken.store.connect`): one server, a
-Sentinel-managed master, or a Redis Cluster. The code path is the same except for two points:
+Sentinel-managed master, or a Redis Cluster. The code path is the same except for three points:
 
 * Events (:mod:`idtoken.store.feeds`). Standalone and Sentinel: scripts ``PUBLISH`` to
   ``idtoken:events`` and each process holds one subscriber connection (``ChannelFeed``).
@@ -27,6 +30,9 @@ Sentinel-managed master, or a Redis Cluster. The code path is the same except fo
 * The socket reference, which is in the session's slot, not the token's. Standalone and
   Sentinel: the create script writes it (one round trip). Cluster: a ``SET`` sent concurrently
   with the script, deleted again if the script refuses (still one round trip of latency).
+* The enrollment claim, in its own slot. Standalone and Sentinel: the enroll script checks and
+  sets it with the device write. Cluster: a ``SET NX`` before the script, deleted again if the
+  script refuses (conflict, revoked); a second round trip, on enrollment only.
 """
 
 from __future__ import annotations
@@ -209,18 +215,15 @@ class RedisStore:
             keys = [device_key(device.token_id), claim, f"{tag}:pending"]
             return EnrollStatus(await self._publish("ENROLL", device.token_id, keys, args))
         # On a Cluster the claim is in another slot than the token's keys: take it first, and
-        # give it back when the enrollment was refused or could not be stored, so that the
-        # phone can try again with the same token (a shard failing over, for instance). The
-        # script's own marker, under the token, keeps the same token from being stored twice.
+        # give it back when the script refused the enrollment (CONFLICT, REVOKED: it ran and
+        # wrote nothing). Not on REPLAYED (the token's own marker shows it was stored) and not
+        # on StoreUnavailable: the script may have run with its reply lost (the client retries
+        # on a lost connection), so a 503 may use the token up here.
         if not await self.acquire(f"enroll-jti:{replay_id}", ttl=max(1, replay_ttl)):
             return EnrollStatus.REPLAYED
         keys = [device_key(device.token_id), f"{tag}:jti:{replay_id}", f"{tag}:pending"]
-        try:
-            status = EnrollStatus(await self._publish("ENROLL", device.token_id, keys, args))
-        except StoreUnavailable:
-            await self._give_back(claim)
-            raise
-        if status not in (EnrollStatus.ENROLLED, EnrollStatus.REPLACED):
+        status = EnrollStatus(await self._publish("ENROLL", device.token_id, keys, args))
+        if status in (EnrollStatus.CONFLICT, EnrollStatus.REVOKED):
             await self._give_back(claim)
         return status
 
