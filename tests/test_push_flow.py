@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import Operator, OperatorFactory
+from idtoken.app import create_app
 from idtoken.client import Device, ResultError
+from idtoken.settings import load_settings
 from pushreceiver import Behaviour, PushReceiver, Respond, Stall, SubscriptionHandle
+from support import OperatorConfig, redis_server, serve_in_process
 
 TYPED = {
     "id": "bank",
@@ -169,3 +174,44 @@ async def test_push_service_errors_are_retried(
         await receiver.wait_for_requests(3, timeout=10)
         assert [r.status for r in handle.requests] == [429, 500, 201]
         assert json.loads(json.dumps(handle.payloads[-1]))["type"] == "auth_request"
+
+
+async def test_p01_no_push_beyond_the_pending_cap_from_one_or_several_services(
+    make_operator: OperatorFactory, redis_url: str
+) -> None:
+    """P01: 20 initiates for one token, alternating two services: the first three (the
+    default pending cap) are created and pushed, the other 17 answer 429 and push nothing."""
+    async with make_operator(services=[SHOP, TYPED]) as op, PushReceiver() as receiver:
+        _, handle = await enroll_with_push(op, receiver, "user-p01")
+        statuses = []
+        for i in range(20):
+            body = {"tokenId": "user-p01", "serviceId": ("shop", "bank")[i % 2]}
+            statuses.append((await op.http.post("/auth/initiate", json=body)).status_code)
+        assert statuses == [201] * 3 + [429] * 17
+        await receiver.wait_for_requests(3)
+        # Pushes start as soon as their initiate answers; give a stray one time to show up.
+        await asyncio.sleep(0.5)
+        assert len(handle.requests) == 3
+
+
+async def test_r01_no_push_and_503_while_redis_is_down(tmp_path: Path) -> None:
+    """R01: with Redis stopped, initiate answers 503 with Retry-After and no push is sent."""
+    with redis_server() as own:
+        cfg = OperatorConfig(tmp_path / "op", redis_url=own.url, services=[SHOP])
+        settings = load_settings(cfg.write())
+        app = create_app(settings)
+        async with (
+            serve_in_process(app) as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as http,
+            PushReceiver() as receiver,
+        ):
+            op = Operator(cfg, settings, None, url, http, app)
+            _, handle = await enroll_with_push(op, receiver, "user-r01")
+            own.stop()
+            body = {"tokenId": "user-r01", "serviceId": "shop", "scopes": ["identity:name"]}
+            resp = await http.post("/auth/initiate", json=body)
+            assert resp.status_code == 503, resp.text
+            assert int(resp.headers["retry-after"]) >= 1
+            assert resp.json()["error"] == "temporarily_unavailable"
+            await asyncio.sleep(0.5)
+            assert handle.requests == []

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from idtoken.errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
+from idtoken.errors import InvalidRequest, OperatorError, RequestTooLarge, UnsupportedMediaType
 from idtoken.ids import ID_PATTERN, OTP_PATTERN
 from idtoken.scopes import SCOPE_PATTERN
 from idtoken.strictjson import StrictJsonError, loads_strict_json
@@ -124,14 +124,19 @@ class Fields:
             raise InvalidRequest(f"{name} must be 6 digits")
         return value
 
-    def scope_list(self, name: str, *, max_count: int = 32) -> list[str]:
-        """A list of scope strings, order kept (it may enter a signed message)."""
+    def scope_list(
+        self, name: str, *, max_count: int = 32, malformed: type[OperatorError] = InvalidRequest
+    ) -> list[str]:
+        """A list of scope strings, order kept (it may enter a signed message). A string that
+        cannot be a scope raises ``malformed`` (``invalid_scope`` where the contract names
+        it); anything else that is not a list of strings is ``invalid_request``."""
         value = self.body[name]
         if not isinstance(value, list) or len(value) > max_count:
             raise InvalidRequest(f"{name} must be a list of at most {max_count} scopes")
-        for item in value:
-            if not isinstance(item, str) or not SCOPE_PATTERN.match(item):
-                raise InvalidRequest(f"{name} contains a malformed scope")
+        if not all(isinstance(item, str) for item in value):
+            raise InvalidRequest(f"{name} must be a list of strings")
+        if not all(SCOPE_PATTERN.match(item) for item in value):
+            raise malformed(f"{name} contains a malformed scope")
         return list(value)
 
     def choice(self, name: str, options: Iterable[str]) -> str:

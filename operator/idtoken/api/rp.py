@@ -11,7 +11,7 @@ from starlette.responses import Response
 from idtoken.api.body import Fields, read_json
 from idtoken.api.responses import json_response
 from idtoken.api.runtime import runtime
-from idtoken.errors import InvalidClient, UnknownService
+from idtoken.errors import InvalidClient, InvalidScope, UnknownService
 from idtoken.ids import iso_z
 from idtoken.settings import ServiceSettings
 
@@ -23,7 +23,8 @@ async def initiate(request: Request) -> Response:
     )
     service_id = f.ident("serviceId")
     token_id = f.ident("tokenId")
-    scopes = f.scope_list("scopes") if f.present("scopes") else []
+    # Contract §1: a scope that is not known is invalid_scope, malformed ones included.
+    scopes = f.scope_list("scopes", malformed=InvalidScope) if f.present("scopes") else []
     nonce = f.text("nonce", max_length=128) if f.present("nonce") else None
     service = rt.settings.services.get(service_id)
     if service is None:
