@@ -16,7 +16,7 @@ from idtoken.app import create_app
 from idtoken.logs import JsonFormatter
 from idtoken.settings import load_settings, secret_digest
 from pushreceiver import PushReceiver
-from support import OperatorConfig, free_port, serve_in_process
+from support import OperatorConfig, b64url, free_port, serve_in_process
 
 METRICS = '\n[metrics]\ntoken = "metrics-token-0123456789"\n'
 
@@ -106,6 +106,25 @@ async def test_logs_never_contain_secrets_or_identity(
                 subscription.auth,
                 subscription.endpoint,
             ]
+            # Attackers' inputs (catalogue J and M rows) are refused without being logged.
+            _, payload, _ = token.split(".")
+            unsigned = b64url(b'{"alg":"none","typ":"JWT"}') + "." + payload + "."
+            refused = await op.http.post("/enroll", json=device.enroll_body(unsigned))
+            assert refused.status_code == 401
+            started = await rp.initiate("user-log", ["identity:name"])
+            secrets_seen += [started.auto_password, started.ws_token, unsigned]
+            head, _, sig = enrolled.credential.split(".")
+            forged = ".".join((head, b64url(b'{"sub":"user-log","givenName":"Eve"}'), sig))
+            bad = device.verify_body(
+                started.session_id, started.auto_password, ["identity:name"], credential=forged
+            )
+            assert (await op.http.post("/auth/verify", json=bad)).status_code == 401
+            secrets_seen += [forged, bad["signature"]]
+            garbage = '{"sessionId": "' + started.auto_password + '", "otp": ' + "[" * 50
+            malformed = await op.http.post(
+                "/auth/verify", content=garbage, headers={"content-type": "application/json"}
+            )
+            assert malformed.status_code == 400
             for attempt in range(3):
                 started = await rp.initiate("user-log", ["identity:name", "identity:email"])
                 secrets_seen += [started.auto_password, started.ws_token]
