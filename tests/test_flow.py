@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 
 import httpx
@@ -12,6 +15,7 @@ from joserfc.jwk import KeySet
 
 from conftest import Operator, OperatorFactory
 from idtoken.client import ResultError
+from support import b64url
 
 
 async def test_enroll_initiate_approve_delivers_verified_jwt_with_granted_claims(
@@ -185,3 +189,47 @@ async def test_x02_a_token_for_one_service_fails_another_services_verifier(
         with pytest.raises(ResultError) as info:
             await op.rp("bank").verify_jwt(message["jwt"])
         assert info.value.kind == "invalid_jwt"
+
+
+async def test_the_relying_party_client_refuses_forged_and_foreign_tokens(
+    make_operator: OperatorFactory, redis_url: str
+) -> None:
+    """The reference client pins what an ID token is (RFC 8725): ES256 from the JWKS, `typ`
+    JWT, our issuer and the service's audience. Forgeries and the operator's other signed
+    tokens do not pass for one."""
+    async with make_operator() as op:
+        device = await op.enrolled("user-rp")
+        rp = op.rp()
+        started = await rp.initiate("user-rp")
+        approved = await device.approve(started.session_id, started.auto_password, [])
+        assert approved.status_code == 200, approved.text
+        token = (await rp.wait_result(started, timeout=5))["jwt"]
+        claims = await rp.verify_jwt(token, session_id=started.session_id)
+        head, payload, signature = token.split(".")
+        header = json.loads(base64.urlsafe_b64decode(head + "=="))
+        jwk = (await op.http.get("/.well-known/jwks.json")).json()["keys"][0]
+        hs_head = b64url(json.dumps({**header, "alg": "HS256"}).encode())
+        hs_secret = json.dumps(jwk).encode()  # the public key, as an HMAC secret
+        hs_mac = hmac.new(hs_secret, f"{hs_head}.{payload}".encode(), hashlib.sha256).digest()
+        keys = op.app.state.runtime.keys
+        assert device.enrollment is not None
+        forged = {
+            "alg none": b64url(json.dumps({**header, "alg": "none"}).encode()) + f".{payload}.",
+            "HS256 keyed with the public key": f"{hs_head}.{payload}.{b64url(hs_mac)}",
+            "claims changed": f"{head}.{b64url(json.dumps({**claims, 'sub': 'eve'}).encode())}"
+            + f".{signature}",
+            "signature of another token": f"{head}.{payload}."
+            + device.enrollment.credential.split(".")[2],
+            "padded base64": f"{head}=.{payload}.{signature}",
+            "unknown kid": b64url(json.dumps({**header, "kid": "nope"}).encode())
+            + f".{payload}.{signature}",
+            # Signed by the operator's own key, but not typed as an ID token.
+            "typ at+jwt": keys.sign(dict(claims), typ="at+jwt"),
+            "the phone's credential": device.enrollment.credential,
+        }
+        for label, value in forged.items():
+            with pytest.raises(ResultError) as info:
+                await rp.verify_jwt(value)
+            assert info.value.kind == "invalid_jwt", label
+        # The genuine token still verifies: nothing above was refused for another reason.
+        assert (await rp.verify_jwt(token))["sub"] == claims["sub"]

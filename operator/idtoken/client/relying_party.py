@@ -181,14 +181,15 @@ class RelyingParty:
     async def verify_jwt(
         self, token: str, *, session_id: str | None = None, nonce: str | None = None
     ) -> dict[str, Any]:
-        """Verify signature (ES256 only), ``iss``, ``aud``, ``exp``, and ``sid``/``nonce`` if
-        given; return the claims."""
+        """Verify the header (``alg`` ES256 only, ``typ`` JWT: the operator's other tokens,
+        such as the phone's credential, are typed otherwise), the signature, ``iss``, ``aud``,
+        ``exp``, and ``sid``/``nonce`` if given; return the claims."""
         try:
             header = jws.extract_compact(token.encode("ascii")).headers()
         except (JoseError, ValueError, UnicodeError) as exc:
             raise ResultError("invalid_jwt", "malformed") from exc
         kid = header.get("kid")
-        if header.get("alg") != "ES256" or not isinstance(kid, str):
+        if header.get("alg") != "ES256" or header.get("typ") != "JWT" or not isinstance(kid, str):
             raise ResultError("invalid_jwt", "unexpected header")
         key = await self.jwks.key(kid)
         try:
