@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from conftest import Operator, OperatorFactory
 from idtoken.client import Device, Initiation, RelyingParty, ResultError
 from idtoken.clock import ManualClock
+from idtoken.settings import secret_digest
 from support import DEFAULT_SERVICE, RedisServer, b64url
 
 TYPED_SERVICE: dict[str, Any] = {
@@ -818,3 +821,49 @@ async def test_pending_lists_sessions_for_the_right_key_only(op: Operator) -> No
         bodies.append(resp.json())
     assert bodies[0] == bodies[1] == bodies[2]
     assert bodies[0]["error"] == "invalid_signature"
+
+
+# =========================================================================== O04
+
+
+async def test_o04_every_secret_is_compared_with_compare_digest(
+    make_operator: OperatorFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """O04: the client secret, the wsToken and the OTP are each compared in constant time,
+    and a correct prefix gets nothing more than any other wrong value."""
+    secret = "o04-client-secret-0123456789"
+    service = {**DEFAULT_SERVICE, "client_secret_sha256": secret_digest(secret)}
+    compared: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((len(a), len(b)))
+        return real(a, b)
+
+    async with make_operator(services=[service]) as op:
+        device = await op.enrolled("o04-user")
+        monkeypatch.setattr(hmac, "compare_digest", spy)
+        # The client secret, with a correct prefix, then right.
+        prefix = {"Authorization": f"Bearer {secret[:-1]}x"}
+        body = {"tokenId": "o04-user", "serviceId": "shop"}
+        refused = await op.http.post("/auth/initiate", json=body, headers=prefix)
+        assert refused.status_code == 401, refused.text
+        assert compared, "the client secret was not compared with compare_digest"
+        compared.clear()
+        rp = op.rp(client_secret=secret)
+        started = await rp.initiate("o04-user", NAME)
+        assert compared
+        # The wsToken: a correct prefix is refused like any wrong token (4001), then right.
+        compared.clear()
+        forged = dataclasses.replace(started, ws_token=started.ws_token[:-1] + "x")
+        async with websockets.connect(rp.socket_url(forged), compression=None) as sock:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(sock.recv(), 5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+        assert compared, "the wsToken was not compared with compare_digest"
+        # The OTP: one wrong last digit (the rest a correct prefix) is a wrong code.
+        compared.clear()
+        near = started.auto_password[:-1] + str((int(started.auto_password[-1]) + 1) % 10)
+        resp = await verify(op, device.verify_body(started.session_id, near, NAME))
+        assert resp.status_code == 400 and resp.json()["error"] == "invalid_otp"
+        assert (6, 6) in compared, "the OTP was not compared with compare_digest"
