@@ -839,6 +839,33 @@ async def test_e04_lifetime_and_future_times(op: Operator, redis_srv: RedisServe
         assert resp.status_code == 201, f"{label}: {resp.text}"
 
 
+async def test_e04_lifetime_and_leeway_are_configurable(
+    make_operator: OperatorFactory, redis_url: str, redis_srv: RedisServer
+) -> None:
+    """E04 with `[enrollment] max_token_lifetime = 120` and `leeway = 5`: what the defaults
+    accept (a 5-minute token, iat 30 s ahead, expired 20 s ago) is refused, and tokens within
+    the tighter bounds still enroll."""
+    extra = "\n[enrollment]\nmax_token_lifetime = 120\nleeway = 5\n"
+    async with make_operator(limits=LIMITS, extra=extra) as tight:
+        reference = await reference_401(tight)
+        issuer = tight.issuer
+        now = int(time.time())
+        refused = {
+            "5 min lifetime": issuer.mint("e04t-a", lifetime=300),
+            "iat 30 s ahead": issuer.mint("e04t-b", iat=now + 30, exp=now + 100),
+            "expired 20 s ago": issuer.mint("e04t-c", iat=now - 100, exp=now - 20),
+        }
+        for label, token in refused.items():
+            await assert_refused(tight, redis_srv, token, reference, label=label)
+        accepted = {
+            "2 min lifetime": issuer.mint("e04t-d", lifetime=120),
+            "iat 3 s ahead": issuer.mint("e04t-e", iat=now + 3, exp=now + 100),
+        }
+        for label, token in accepted.items():
+            resp = await post_enroll(tight, token)
+            assert resp.status_code == 201, f"{label}: {resp.text}"
+
+
 async def test_e05_audience_of_another_operator(op: Operator, redis_srv: RedisServer) -> None:
     reference = await reference_401(op)
     issuer = rsa_issuer(op)
