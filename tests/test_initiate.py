@@ -13,6 +13,7 @@ import collections
 import contextlib
 import datetime
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -251,6 +252,30 @@ def test_o01_otps_are_six_digits_and_uniform(make: Callable[[], str]) -> None:
     buckets = collections.Counter(int(otp) // 10_000 for otp in otps)
     stat = chi_square((buckets[b] for b in range(100)), n / 100)
     assert stat < 200, stat
+
+
+def test_o01_session_secrets_come_from_the_secrets_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """O01 "from `secrets`": every byte of a session's id, wsToken, random and code is read
+    through `secrets` (the operating system's CSPRNG), never `random`."""
+    reads: list[int] = []
+    real = secrets.token_bytes
+
+    def spy(n: int) -> bytes:
+        reads.append(n)
+        return real(n)
+
+    monkeypatch.setattr(secrets, "token_bytes", spy)
+    made = ids.new_session_secrets()
+    assert reads == [52]  # 16 (id) + 24 (wsToken) + 8 (random) + 4 (code)
+    monkeypatch.setattr(secrets, "token_bytes", lambda n: b"\x00" * n)
+    fixed = ids.new_session_secrets()
+    assert (fixed.session_id, fixed.ws_token, fixed.random, fixed.otp) == (
+        "sess_" + "A" * 22,
+        "A" * 32,
+        "0" * 16,
+        "000000",
+    )
+    assert made.session_id != fixed.session_id
 
 
 def test_random_is_16_lowercase_hex_characters() -> None:
