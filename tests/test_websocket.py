@@ -23,7 +23,7 @@ from websockets.typing import Origin
 from conftest import Operator, OperatorFactory
 from idtoken.client import Device, Initiation, RelyingParty
 from idtoken.clock import ManualClock
-from support import DEFAULT_SERVICE, closed_code, otp_ready, recv_json
+from support import DEFAULT_SERVICE, RedisServer, closed_code, otp_ready, recv_json
 
 SHOP_ORIGIN = "https://shop.example"
 GUARDED = {
@@ -170,6 +170,26 @@ async def test_unknown_and_malformed_session_ids_close_4004_whatever_the_token(
         for token in tokens:
             frames, code = await drain(ws_url(operator.base_url, session_id, token))
             assert (frames, code) == ([], 4004), (session_id, token)
+
+
+async def test_an_expired_and_discarded_session_closes_4004_like_a_random_id(
+    operator: Operator, redis_srv: RedisServer
+) -> None:
+    """S08, expired ids: once a session's keys have expired in Redis (lifetime + the result's
+    keep time), its id is unknown, even with its own wsToken."""
+    _, _, started = await login_parts(operator, "user-1")
+    keys = [
+        k
+        for k in redis_srv.cli("KEYS", "idtoken:*").splitlines()
+        if k.endswith(f":sess:{started.session_id}") or k.endswith(f"{{{started.session_id}}}")
+    ]
+    assert len(keys) == 2, keys  # the session and its socket reference
+    for key in keys:
+        redis_srv.cli("PEXPIRE", key, "1")
+    await asyncio.sleep(0.05)
+    for token in (started.ws_token, secrets.token_urlsafe(24)):
+        frames, code = await drain(ws_url(operator.base_url, started.session_id, token))
+        assert (frames, code) == ([], 4004), token
 
 
 async def test_after_a_terminal_message_the_server_closes_1000(operator: Operator) -> None:
