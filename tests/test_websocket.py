@@ -12,9 +12,11 @@ import asyncio
 import json
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
@@ -23,7 +25,15 @@ from websockets.typing import Origin
 from conftest import Operator, OperatorFactory
 from idtoken.client import Device, Initiation, RelyingParty
 from idtoken.clock import ManualClock
-from support import DEFAULT_SERVICE, RedisServer, closed_code, otp_ready, recv_json
+from support import (
+    DEFAULT_SERVICE,
+    OperatorConfig,
+    OperatorProcess,
+    RedisServer,
+    closed_code,
+    otp_ready,
+    recv_json,
+)
 
 SHOP_ORIGIN = "https://shop.example"
 GUARDED = {
@@ -392,6 +402,47 @@ async def test_oversized_frame_closes_1009(operator: Operator, frame: str | byte
     async with websockets.connect(rp.socket_url(started), compression=None) as sock:
         assert await recv_json(sock) == otp_ready(started)
         await approve_and_expect(sock, device, rp, started)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_m07_oversized_frames_leave_the_server_memory_flat(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """M07 "memory flat": 400 sockets, one after another, each sending a 64 KiB frame and
+    closed with 1009, in a real operator process. Were the frames (or their sockets) kept,
+    that would be over 25 MiB; the server's resident memory grows by far less."""
+    limits = {"max_pending_per_token": 100, "pushes_per_token_per_10min": 1000}
+    cfg = OperatorConfig(tmp_path / "m07", redis_url=redis_url, limits=limits)
+    frame = b"x" * 65536
+    with OperatorProcess(cfg.write()) as proc:
+        assert proc.process is not None
+        async with httpx.AsyncClient(base_url=proc.url, timeout=10) as http:
+            rps = []
+            for n in range(5):
+                await Device(http, device_id=f"m07-{n}").enroll(cfg.issuers[0].mint(f"m07-{n}"))
+                rps.append(f"m07-{n}")
+            rp = RelyingParty(http, service_id="shop", issuer=cfg.issuer_url)
+
+            async def oversized(i: int) -> None:
+                started = await rp.initiate(rps[i % len(rps)])
+                async with websockets.connect(rp.socket_url(started), compression=None) as sock:
+                    assert await recv_json(sock) == otp_ready(started)
+                    await sock.send(frame)
+                    assert await closed_code(sock) == 1009
+
+            for i in range(50):  # warm-up: code paths, allocator pools
+                await oversized(i)
+            before = rss_kib(proc.process.pid)
+            for i in range(50, 450):
+                await oversized(i)
+            grown = rss_kib(proc.process.pid) - before
+    assert grown < 8 * 1024, f"the server grew by {grown} KiB over 400 oversized frames"
 
 
 @pytest.mark.parametrize(
