@@ -77,7 +77,7 @@ class MemoryStore:
     ) -> EnrollStatus:
         now = self._clock.now()
         self._gc(now)
-        marker = f"lock:enroll-jti:{replay_id}"  # the namespace of acquire(): one claim
+        marker = _lock(f"enroll-jti:{replay_id}")  # the claim acquire() would take
         if self._markers.get(marker, 0.0) > now:
             return EnrollStatus.REPLAYED
         old = self._devices.get(device.token_id)
@@ -137,9 +137,9 @@ class MemoryStore:
 
     async def acquire(self, name: str, *, ttl: int) -> bool:
         now = self._clock.now()
-        if self._markers.get(f"lock:{name}", 0.0) > now:
+        if self._markers.get(_lock(name), 0.0) > now:
             return False
-        self._markers[f"lock:{name}"] = now + ttl
+        self._markers[_lock(name)] = now + ttl
         return True
 
     # ---- sessions ------------------------------------------------------------------------
@@ -333,3 +333,8 @@ def _settled(session: SessionRecord) -> Transition:
 
 def _ceil(seconds: float) -> int:
     return max(1, int(seconds) + (0 if seconds == int(seconds) else 1))
+
+
+def _lock(name: str) -> str:
+    """The marker of a claim or cooldown (``acquire``), enrollment claims included."""
+    return f"lock:{name}"

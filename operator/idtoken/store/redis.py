@@ -219,18 +219,19 @@ class RedisStore:
         # wrote nothing). Not on REPLAYED (the token's own marker shows it was stored) and not
         # on StoreUnavailable: the script may have run with its reply lost (the client retries
         # on a lost connection), so a 503 may use the token up here.
-        if not await self.acquire(f"enroll-jti:{replay_id}", ttl=max(1, replay_ttl)):
+        if not await self._take(claim, ttl=replay_ttl):
             return EnrollStatus.REPLAYED
         keys = [device_key(device.token_id), f"{tag}:jti:{replay_id}", f"{tag}:pending"]
         status = EnrollStatus(await self._publish("ENROLL", device.token_id, keys, args))
         if status in (EnrollStatus.CONFLICT, EnrollStatus.REVOKED):
-            await self._give_back(claim)
+            await self._delete_quietly(claim)
         return status
 
-    async def _give_back(self, claim: str) -> None:
-        """Delete a claim, if the store lets us; else it expires with its TTL."""
+    async def _delete_quietly(self, key: str) -> None:
+        """Delete a key written ahead of a script that then refused, if the store lets us;
+        else it expires with its own TTL."""
         with contextlib.suppress(StoreUnavailable):
-            await self._call(self._r.delete(claim))
+            await self._call(self._r.delete(key))
 
     async def mark_push_dead(self, token_id: str, endpoint: str) -> None:
         await self._run("MARK_DEAD", [device_key(token_id)], [endpoint])
@@ -279,8 +280,11 @@ class RedisStore:
         await self._call(self._r.set(f"idtoken:cache:{{{name}}}", value, ex=max(1, ttl)))
 
     async def acquire(self, name: str, *, ttl: int) -> bool:
-        done = await self._call(self._r.set(lock_key(name), "1", ex=max(1, ttl), nx=True))
-        return bool(done)
+        return await self._take(lock_key(name), ttl=ttl)
+
+    async def _take(self, key: str, *, ttl: int) -> bool:
+        """``SET key NX`` for ``ttl`` seconds: True for the one caller that wrote it."""
+        return bool(await self._call(self._r.set(key, "1", ex=max(1, ttl), nx=True)))
 
     # ---- sessions ------------------------------------------------------------------------
     async def create_session(
@@ -332,8 +336,7 @@ class RedisStore:
         )
         if isinstance(created, BaseException) or created[0] != CreateStatus.CREATED:
             if not isinstance(referenced, BaseException):
-                with contextlib.suppress(StoreUnavailable):  # else it expires with keep_ms
-                    await self._call(self._r.delete(ref))
+                await self._delete_quietly(ref)
             if isinstance(created, BaseException):
                 raise created
             return created
