@@ -866,9 +866,8 @@ class RunResult:
             others=meter["others_cores"],
             **kw,
         )
-        result.extra["redis_cores"] = round(meter["redis_cores"], 3)
-        result.extra["interrupt_cores"] = round(meter["interrupt_cores"], 3)
-        result.extra["steal_cores"] = round(meter["steal_cores"], 3)
+        for figure in ("redis_cores", "interrupt_cores", "steal_cores"):
+            result.extra[figure] = round(meter[figure], 3)
         if meter["client_wait"] is not None:
             result.extra["client_runqueue_wait"] = round(meter["client_wait"], 3)
         if len(meter["per_process_cores"]) > 1:  # supervisor first, then the workers
@@ -1689,20 +1688,22 @@ def summarize(results: dict[str, Any]) -> None:
         # Below 1 when two workers spend more CPU per request than one (not a scaling figure).
         "two_workers_vs_one": med_cpu_ratio("initiate.operator_2w", "initiate.operator_1w"),
     }
-    results["server_cores_median"] = {
-        name: round(median([r[name]["server_cores"] for r in rounds]), 2) for name in m
-    }
-    results["server_wait_median"] = {
-        name: round(median([r[name]["server_runqueue_wait"] for r in rounds]), 2) for name in m
-    }
-    results["others_median"] = {
-        name: round(median([r[name]["other_processes_cores"] for r in rounds]), 2) for name in m
-    }
+
+    def med_of(figure: str, missing: float | None = None) -> dict[str, float]:
+        """Per measurement, the median over rounds of one of its figures; ``missing`` stands in
+        for a figure older result files lack (without it, a missing figure is an error)."""
+
+        def value(run: dict[str, Any]) -> float:
+            return float(run[figure] if missing is None else run.get(figure, missing))
+
+        return {name: round(median([value(r[name]) for r in rounds]), 2) for name in m}
+
+    results["server_cores_median"] = med_of("server_cores")
+    results["server_wait_median"] = med_of("server_runqueue_wait")
+    results["others_median"] = med_of("other_processes_cores")
     # The guest's clock runs on while the hypervisor runs something else, so stolen time is
     # counted in the CPU of whichever of our processes was on that core, not in "others".
-    results["steal_median"] = {
-        name: round(median([r[name].get("steal_cores", 0.0) for r in rounds]), 2) for name in m
-    }
+    results["steal_median"] = med_of("steal_cores", missing=0.0)
     ceiling = two_worker_ceiling(rounds, results["pinning"]["two_workers_share_cores"])
     results["two_workers_ceiling"] = ceiling
     lat = results["latency"]
