@@ -23,6 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from idtoken.client import Device
 from idtoken.client.device import Enrollment
+from idtoken.device_messages import (
+    pending_message,
+    reject_message,
+    subscription_message,
+    verify_message,
+)
 from idtoken.enrollment.service import enroll_message
 from idtoken.ids import result_hash
 from idtoken.keys.device import (
@@ -33,7 +39,6 @@ from idtoken.keys.device import (
     public_jwk,
     verify_device_signature,
 )
-from idtoken.login import pending_message, reject_message, subscription_message, verify_message
 
 VECTORS_PATH = Path(__file__).resolve().parent.parent / "docs" / "test-vectors.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))

@@ -9,20 +9,27 @@ so the common case of a verify on the same instance costs exactly one store roun
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
-import json
 import logging
-import secrets
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from idtoken import ids, logs
 from idtoken.clock import Clock
+from idtoken.decisions import Decisions
+from idtoken.device_messages import (
+    pending_message,
+    reject_message,
+    subscription_message,
+    verify_message,
+)
+from idtoken.doors import IDTOKEN_DOOR, Approval, Door, GrantMaker
 from idtoken.enrollment.credential import Credential, verify_credential
 from idtoken.errors import (
     DeviceMismatch,
+    InsufficientTrustLevel,
     InvalidOtp,
     InvalidRequest,
     InvalidScope,
@@ -30,18 +37,20 @@ from idtoken.errors import (
     OperatorError,
     SessionExpired,
     SessionNotPending,
+    TemporarilyUnavailable,
     TokenRevoked,
     TooManyRequests,
     UnknownSession,
     UnknownToken,
 )
+from idtoken.issued_jwt import IssuedJwtMaker
 from idtoken.jose import JoseError
 from idtoken.keys.device import DeviceKeyError, key_from_jwk, verify_device_signature
 from idtoken.keys.signing import SigningKeys
 from idtoken.metrics import Metrics
 from idtoken.push.base import PushOutcome, PushResult, PushSubscription
 from idtoken.push.dispatch import PushDispatcher
-from idtoken.scopes import KNOWN_SCOPES, claims_for, scope_string
+from idtoken.scopes import KNOWN_SCOPES
 from idtoken.settings import ServiceSettings, Settings
 from idtoken.store.base import (
     MAX_SESSION_FAILURES,
@@ -49,8 +58,10 @@ from idtoken.store.base import (
     DeviceRecord,
     InitiateLimits,
     Outcome,
+    SessionKind,
     SessionRecord,
     Store,
+    StoreUnavailable,
     Transition,
 )
 
@@ -91,23 +102,7 @@ class RejectRequest:
 
 
 REJECT_REASONS = {"user_rejected": "User rejected", "not_me": "Not me"}
-
-
-def verify_message(session_id: str, otp: str, timestamp: int, scopes: list[str]) -> str:
-    return f"{session_id}|{otp}|{timestamp}|{' '.join(scopes)}"
-
-
-def reject_message(session_id: str, timestamp: int) -> str:
-    return f"{session_id}|reject|{timestamp}"
-
-
-def pending_message(token_id: str, timestamp: int) -> str:
-    return f"{token_id}|pending|{timestamp}"
-
-
-def subscription_message(token_id: str, endpoint: str, timestamp: int) -> str:
-    digest = hashlib.sha256(endpoint.encode("utf-8")).hexdigest()
-    return f"{token_id}|subscription|{timestamp}|{digest}"
+TRUST_TOO_LOW = "Trust level too low"
 
 
 def push_topic(token_id: str) -> str:
@@ -125,8 +120,15 @@ class LoginService:
         clock: Clock,
         dispatcher: PushDispatcher | None = None,
         metrics: Metrics | None = None,
+        grant_makers: Mapping[SessionKind, GrantMaker] | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self._grant_makers: dict[SessionKind, GrantMaker] = {
+            "idtoken": IssuedJwtMaker(settings.issuer, keys),
+            **(grant_makers or {}),
+        }
+        self._decisions = Decisions(store, clock, self._metrics)
+        self.followups = self._decisions.followups
         self._settings = settings
         self._store = store
         self._keys = keys
@@ -148,6 +150,8 @@ class LoginService:
         token_id: str,
         scopes: tuple[str, ...],
         nonce: str | None,
+        *,
+        door: Door | None = None,
     ) -> Initiated:
         requested = scopes or service.default_scopes
         for scope in requested:
@@ -156,6 +160,7 @@ class LoginService:
         now = self._clock.now()
         fresh = ids.new_session_secrets()
         ws_token = fresh.ws_token
+        door = door or IDTOKEN_DOOR
         session = SessionRecord(
             session_id=fresh.session_id,
             token_id=token_id,
@@ -167,8 +172,22 @@ class LoginService:
             random=fresh.random,
             created_at=now,
             expires_at=now + service.session_ttl,
+            kind=door.kind,
+            front=door.front,
+            binding_message=door.binding_message,
+            min_trust_level=door.min_trust_level,
+            grant_hash=door.grant_hash,
         )
-        result = await self._store.create_session(session, limits=self._limits, now=now)
+        # CIBA always, other doors if the service asks: an unknown (or paused, or locked)
+        # token gets a session like any other, which can only expire (no enumeration).
+        decoys = service.hide_unknown_tokens or door.kind == "ciba"
+        try:
+            result = await self._store.create_session(
+                session, limits=self._limits, now=now, decoy_allowed=decoys
+            )
+        except StoreUnavailable:
+            self._decisions.cancel_later(session)
+            raise
         if result.status is not CreateStatus.CREATED:
             if result.status in (CreateStatus.LOCKED, CreateStatus.PAUSED):
                 security.warning(
@@ -178,7 +197,13 @@ class LoginService:
             raise _refusal(result.status, result.retry_after)
         self._remember(session)
         self._metrics.initiated.labels(service.id).inc()
-        logs.event(log, "session initiated", session_id=session.session_id, service_id=service.id)
+        logs.event(
+            log,
+            "session initiated",
+            session_id=session.session_id,
+            service_id=service.id,
+            door=door.kind,
+        )
         if result.push_subscription is not None and self._dispatcher is not None:
             self._push(service, session, result.push_subscription, now)
         return Initiated(
@@ -240,8 +265,17 @@ class LoginService:
             "scopes": list(session.scopes),
             "expiresAt": ids.iso_z(session.expires_at),
         }
-        if service.otp_mode == "display":
+        if session.kind == "ciba":
+            # No browser shows a code: the phone shows the binding message instead and signs
+            # with the code it is given, whatever the service's otp_mode.
+            view["backchannel"] = True
+            if session.binding_message is not None:
+                view["bindingMessage"] = session.binding_message
             view["autoPassword"] = session.otp
+        elif service.otp_mode == "display":
+            view["autoPassword"] = session.otp
+        if session.min_trust_level:
+            view["minTrustLevel"] = session.min_trust_level
         return view
 
     # ------------------------------------------------------------------ mobile app
@@ -273,7 +307,13 @@ class LoginService:
             key = key_from_jwk(credential.device_jwk)
             verify_device_signature(
                 key,
-                verify_message(req.session_id, req.otp, req.timestamp, req.granted_scopes),
+                verify_message(
+                    req.session_id,
+                    req.otp,
+                    req.timestamp,
+                    req.granted_scopes,
+                    session.binding_message,
+                ),
                 req.signature,
             )
         except DeviceKeyError as exc:
@@ -306,29 +346,68 @@ class LoginService:
                 InvalidOtp("the code does not match"),
             )
 
-        jwt, exp = self._issue(session, service, credential, granted, now)
-        final = json.dumps(
-            {"type": "approved", "jwt": jwt, "random": session.random, "expiresAt": ids.iso_z(exp)},
-            separators=(",", ":"),
-        )
-        t = await self._store.approve(
-            session.token_id,
-            session.session_id,
-            key_thumbprint=credential.key_thumbprint,
-            credential_jti=credential.jti,
-            final=final,
-            now=now,
+        if credential.trust_level < session.min_trust_level:
+            await self._require_current_device(session, credential)
+            await self._end_for_trust(session, credential, now)
+
+        approval = self._approval(session, service, credential, granted, now)
+        t = await self._decisions.decide(
+            session,
+            lambda nonce: self._store.approve(
+                session.token_id,
+                session.session_id,
+                key_thumbprint=credential.key_thumbprint,
+                credential_jti=credential.jti,
+                final=approval.final,
+                now=now,
+                grant=approval.grant,
+                decided_by=nonce,
+            ),
         )
         if t.outcome is Outcome.APPROVED:
-            self._metrics.approved.labels(service.id).inc()
-            self._metrics.decision_seconds.labels(service.id).observe(now - session.created_at)
-            logs.event(
-                log, "session approved", session_id=session.session_id, service_id=service.id
-            )
+            self._decisions.approved(session, now)
             return
         if t.outcome in (Outcome.STALE_DEVICE, Outcome.REVOKED):
             raise self._stale(session)
         raise _state_error(t)
+
+    async def expire(self, session: SessionRecord) -> SessionRecord | None:
+        """Expire ``session`` if its lifetime has passed (a socket's timer)."""
+        return await self._decisions.expire(session)
+
+    def _approval(
+        self,
+        session: SessionRecord,
+        service: ServiceSettings,
+        credential: Credential,
+        granted: list[str],
+        now: float,
+    ) -> Approval:
+        maker = self._grant_makers.get(session.kind)
+        if maker is None:  # a door this operator's configuration does not open
+            raise SessionNotPending("this operator does not serve the session's kind")
+        return maker.approval(session, service, credential, granted, now)
+
+    async def _end_for_trust(
+        self, session: SessionRecord, credential: Credential, now: float
+    ) -> NoReturn:
+        """The relying party asked for a higher trust level (``acr_values``) than the user's
+        credential has: the login cannot succeed, so it ends now rather than at expiry."""
+        t = await self._decisions.decide(
+            session,
+            lambda nonce: self._store.reject(
+                session.token_id,
+                session.session_id,
+                reason=TRUST_TOO_LOW,
+                pause=0,
+                now=now,
+                decided_by=nonce,
+            ),
+        )
+        if t.outcome is not Outcome.REJECTED:
+            raise _state_error(t)
+        self._decisions.rejected(session, TRUST_TOO_LOW, now, trust_level=credential.trust_level)
+        raise InsufficientTrustLevel("the credential's trust level is below what was asked for")
 
     async def _require_current_device(self, session: SessionRecord, credential: Credential) -> None:
         device = await self._store.get_device(session.token_id)
@@ -359,23 +438,26 @@ class LoginService:
         )
         not_me = req.reason == "not_me"
         pause = self._settings.limits.not_me_pause if not_me else 0
-        t = await self._store.reject(
-            session.token_id,
-            session.session_id,
-            reason=REJECT_REASONS[req.reason],
-            pause=pause,
-            now=now,
+        reason = REJECT_REASONS[req.reason]
+        t = await self._decisions.decide(
+            session,
+            lambda nonce: self._store.reject(
+                session.token_id,
+                session.session_id,
+                reason=reason,
+                pause=pause,
+                now=now,
+                decided_by=nonce,
+            ),
         )
         if t.outcome is not Outcome.REJECTED:
             raise _state_error(t)
-        self._ended(session, REJECT_REASONS[req.reason], now)
+        self._decisions.rejected(session, reason, now)
         if not_me:
             security.warning(
                 "fraud report: user says the login was not theirs",
                 extra={"session_id": session.session_id, "service_id": session.service_id},
             )
-        else:
-            log.info("session rejected by user", extra={"session_id": session.session_id})
 
     async def pending(
         self, token_id: str, timestamp: int, signature: str
@@ -427,7 +509,7 @@ class LoginService:
                 raise DeviceMismatch("the device is not enrolled for this token")
             raise UnknownSession("no such session")
         if session.state == "pending" and now >= session.expires_at:
-            await self._store.expire(token_id, session_id, now=now)
+            await self._decisions.expire(session)
             raise SessionExpired("the session has expired")
         if session.state != "pending":
             raise _state_error(Transition(_state_outcome(session), session.failures))
@@ -438,12 +520,19 @@ class LoginService:
     ) -> NoReturn:
         """Count a failed verification, then raise ``error`` (or the state's error if the
         session was already over)."""
-        t = await self._store.fail(
-            session.token_id, session.session_id, end_reason=end_reason, now=now
+        t = await self._decisions.decide(
+            session,
+            lambda nonce: self._store.fail(
+                session.token_id,
+                session.session_id,
+                end_reason=end_reason,
+                now=now,
+                decided_by=nonce,
+            ),
         )
         if t.outcome is Outcome.REJECTED:
             reason = "Too many attempts" if t.failures >= MAX_SESSION_FAILURES else end_reason
-            self._ended(session, reason or "Too many attempts", now)
+            self._decisions.rejected(session, reason or "Too many attempts", now)
         if t.outcome in (Outcome.COUNTED, Outcome.REJECTED):
             raise error
         raise _state_error(t)
@@ -467,38 +556,6 @@ class LoginService:
             raise InvalidSignature("the signature does not verify") from exc
         return device
 
-    def _issue(
-        self,
-        session: SessionRecord,
-        service: ServiceSettings,
-        credential: Credential,
-        granted: list[str],
-        now: float,
-    ) -> tuple[str, int]:
-        iat = int(now)
-        exp = iat + service.token_ttl
-        claims: dict[str, Any] = {
-            "iss": self._settings.issuer,
-            "sub": session.token_id,
-            "aud": service.audience,
-            "iat": iat,
-            "exp": exp,
-            "jti": secrets.token_urlsafe(16),
-            "sid": session.session_id,
-            "scope": scope_string(granted),
-        }
-        if session.nonce is not None:
-            claims["nonce"] = session.nonce
-        today = datetime.datetime.fromtimestamp(now, tz=datetime.UTC).date()
-        claims["idtoken"] = claims_for(
-            granted, credential.claims, token_id=session.token_id, today=today
-        )
-        return self._keys.sign(claims, typ="JWT"), exp
-
-    def _ended(self, session: SessionRecord, reason: str, now: float) -> None:
-        self._metrics.rejected.labels(session.service_id, reason).inc()
-        self._metrics.decision_seconds.labels(session.service_id).observe(now - session.created_at)
-
     def _remember(self, session: SessionRecord) -> None:
         self._recent[session.session_id] = session
         while len(self._recent) > _CACHE_SIZE:
@@ -506,6 +563,8 @@ class LoginService:
 
 
 def _refusal(status: CreateStatus, retry_after: int) -> OperatorError:
+    if status is CreateStatus.EXISTS:  # only after this id's creation timed out and was cancelled
+        return TemporarilyUnavailable("the service is temporarily unavailable", retry_after=2)
     if status is CreateStatus.UNKNOWN_TOKEN:
         return UnknownToken("no device is enrolled for this tokenId")
     if status is CreateStatus.REVOKED:

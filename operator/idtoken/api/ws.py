@@ -201,8 +201,6 @@ class SocketSession:
             if current is None:
                 await self._finish_with(CLOSE_UNKNOWN)
                 return
-            if current.state == "expired" and not self.finished:
-                self.rt.metrics.expired.labels(current.service_id).inc()
             if await self._deliver_if_final(current):
                 return
 
@@ -220,11 +218,7 @@ class SocketSession:
         )
 
     async def _expire(self) -> SessionRecord | None:
-        return await self._retrying(
-            lambda: self.rt.store.expire(
-                self.session.token_id, self.session.session_id, now=self.rt.clock.now()
-            )
-        )
+        return await self._retrying(lambda: self.rt.login.expire(self.session))
 
     async def _retrying(
         self, op: Callable[[], Awaitable[SessionRecord | None]]
@@ -255,7 +249,9 @@ class SocketSession:
 
     async def _deliver(self, final: str) -> None:
         message = json.loads(final)
-        if message.get("type") == "approved":
+        # The IDToken protocol's approval carries the JWT, and the socket adds its `hash`; an
+        # OpenID Connect login's carries nothing (the page collects the code at /authorize).
+        if message.get("type") == "approved" and "jwt" in message:
             message = {
                 "type": "approved",
                 "jwt": message["jwt"],

@@ -32,6 +32,10 @@ RESULT_KEEP = 300
 MAX_SESSION_FAILURES = 3
 
 SessionState = Literal["pending", "approved", "rejected", "expired"]
+SessionKind = Literal["idtoken", "oidc", "ciba"]
+"""Which door a session came in by: the IDToken protocol (``/auth/initiate``), the OpenID
+Connect hosted login page, or OpenID CIBA. The engine is the same; only what is stored at the
+decision and how the result is collected differ."""
 
 
 class StoreUnavailable(Exception):
@@ -97,7 +101,8 @@ class DeviceRecord:
 
 @dataclass(frozen=True)
 class SessionRecord:
-    """One login attempt. All but ``state``, ``failures`` and ``result`` is fixed at creation."""
+    """One login attempt. All but ``state``, ``failures``, ``result``, ``decided_by`` and the
+    grant (OpenID Connect's code) is fixed at creation."""
 
     session_id: str
     token_id: str
@@ -112,9 +117,26 @@ class SessionRecord:
     state: SessionState = "pending"
     failures: int = 0
     result: str | None = None
+    kind: SessionKind = "idtoken"
+    front: str | None = None
+    """What the front door (OpenID Connect, CIBA) keeps about its request, as text it alone
+    reads; never an identity claim."""
+    binding_message: str | None = None
+    """CIBA: the text the phone shows instead of the code; it enters the signed approval."""
+    min_trust_level: int = 0
+    """The lowest credential trust level that may approve (``acr_values``); 0 = any."""
+    decoy: bool = False
+    """A session for a token that cannot log in (unknown, paused, locked) made to look like
+    any other: it is never shown to a phone and can only expire."""
+    grant_hash: str | None = None
+    """SHA-256 (hex) of the secret that collects the result: CIBA's ``auth_req_id`` (from
+    creation) or OpenID Connect's authorization code (from approval)."""
+    decided_by: str | None = None
+    """The nonce of the call that took the decision (to recognise one's own decision after a
+    lost reply)."""
 
     def to_fields(self) -> dict[str, str]:
-        return {
+        fields = {
             "sid": self.session_id,
             "tok": self.token_id,
             "svc": self.service_id,
@@ -129,12 +151,29 @@ class SessionRecord:
             "state": self.state,
             "fails": str(self.failures),
         }
+        # The IDToken protocol's sessions (the busiest) carry none of these.
+        if self.kind != "idtoken":
+            fields["kind"] = self.kind
+        if self.front is not None:
+            fields["front"] = self.front
+        if self.binding_message is not None:
+            fields["bind"] = self.binding_message
+        if self.min_trust_level:
+            fields["mintl"] = str(self.min_trust_level)
+        if self.decoy:
+            fields["decoy"] = "1"
+        if self.grant_hash is not None:
+            fields["gh"] = self.grant_hash
+        return fields
 
     @classmethod
     def from_fields(cls, f: Mapping[str, str]) -> SessionRecord:
         state = f["state"]
         if state not in ("pending", "approved", "rejected", "expired"):
             raise ValueError(f"corrupt session state {state!r}")
+        kind = f.get("kind", "idtoken")
+        if kind not in ("idtoken", "oidc", "ciba"):
+            raise ValueError(f"corrupt session kind {kind!r}")
         return cls(
             session_id=f["sid"],
             token_id=f["tok"],
@@ -149,7 +188,20 @@ class SessionRecord:
             state=state,  # type: ignore[arg-type]
             failures=int(f.get("fails", "0")),
             result=f.get("result") or None,
+            kind=kind,  # type: ignore[arg-type]
+            front=f.get("front"),
+            binding_message=f.get("bind"),
+            min_trust_level=int(f.get("mintl", "0")),
+            decoy=f.get("decoy") == "1",
+            grant_hash=f.get("gh") or None,
+            decided_by=f.get("by") or None,
         )
+
+    @classmethod
+    def from_stored(cls, f: Mapping[str, str]) -> SessionRecord | None:
+        """The session of a stored hash; None for nothing or for a cancellation's tombstone
+        (see :meth:`Store.cancel_session`)."""
+        return cls.from_fields(f) if f and "sid" in f else None
 
 
 class CreateStatus(enum.StrEnum):
@@ -160,6 +212,7 @@ class CreateStatus(enum.StrEnum):
     PAUSED = "paused"
     TOO_MANY_PENDING = "too_many_pending"
     PUSH_RATE = "push_rate"
+    EXISTS = "exists"  # the id was written (or cancelled) before: the caller's call was late
 
 
 @dataclass(frozen=True)
@@ -195,6 +248,29 @@ class Outcome(enum.StrEnum):
 class Transition:
     outcome: Outcome
     failures: int = 0
+    decided: bool = False  # this call took the decision (approved, rejected or expired it)
+
+
+class RedeemOutcome(enum.StrEnum):
+    """What collecting a session's result (code exchange, CIBA poll) found."""
+
+    ISSUED = "issued"  # the stored grant, handed out now and never again
+    PENDING = "pending"  # CIBA: no decision yet
+    SLOW_DOWN = "slow_down"  # CIBA: polled before the interval passed; the interval grew
+    DENIED = "denied"  # the session ended rejected
+    EXPIRED = "expired"  # the session ended with no decision
+    USED = "used"  # collected before: a replay
+    INVALID = "invalid"  # no such session or secret, or (code) not approved or too late
+
+
+@dataclass(frozen=True)
+class Redemption:
+    outcome: RedeemOutcome
+    grant: str | None = None  # with ISSUED: the text stored at the approval
+    front: str | None = None  # the front door's request (see SessionRecord.front)
+    interval: int = 0  # CIBA: the poll interval in force after this poll
+    revoke: str | None = None  # with USED (a code replay): the access token id to revoke
+    decided: bool = False  # with EXPIRED: this poll expired the session
 
 
 class EnrollStatus(enum.StrEnum):
@@ -284,11 +360,31 @@ class Store(Protocol):
 
     # ---- sessions ------------------------------------------------------------------------
     async def create_session(
-        self, session: SessionRecord, *, limits: InitiateLimits, now: float
+        self,
+        session: SessionRecord,
+        *,
+        limits: InitiateLimits,
+        now: float,
+        decoy_allowed: bool = False,
     ) -> CreateResult:
         """Atomically check the token (exists, active, not paused or locked, fewer than
         ``max_pending`` pending sessions, push rate) and store ``session`` as pending. Nothing
-        is written unless the result is CREATED."""
+        is written unless the result is CREATED, and nothing if a session with this id was
+        ever written or cancelled (:meth:`cancel_session`).
+
+        With ``decoy_allowed``, a token that does not exist or is paused or locked gets a
+        *decoy*: the session is stored with ``decoy`` set and counted against the same pending
+        and push-rate limits, the result is CREATED with no push subscription, and the session
+        can only expire — no phone sees it (:meth:`pending_sessions` leaves it out) and no
+        approval can succeed. A revoked token is still REVOKED."""
+        ...
+
+    async def cancel_session(self, token_id: str, session_id: str, *, keep: int) -> bool:
+        """Make a session whose creation had a lost reply harmless: if it is pending it ends
+        (state ``expired``, out of the pending and push-rate counts, no socket reference); if
+        it was never written, a tombstone kept ``keep`` seconds makes a late
+        :meth:`create_session` of the same id write nothing. True if it was pending or absent
+        (nothing can use it now); False if a decision had already been taken."""
         ...
 
     async def get_session(self, token_id: str, session_id: str) -> SessionRecord | None:
@@ -308,36 +404,78 @@ class Store(Protocol):
         credential_jti: str,
         final: str,
         now: float,
+        grant: Mapping[str, str] | None = None,
+        decided_by: str = "",
     ) -> Transition:
         """Compare-and-set pending -> approved, store ``final`` and publish it, provided the
-        session is unexpired and the token's current device key and credential are the given
-        ones (else STALE_DEVICE, nothing changed). Resets the token's failure count and push
-        rate. Exactly one concurrent caller can get APPROVED."""
+        session is unexpired, not a decoy, and the token's current device key and credential
+        are the given ones (else STALE_DEVICE, nothing changed). ``grant`` (the code's hash
+        ``gh``, its deadline ``gexp``, the stored ``grant`` and other text fields) is stored
+        with the decision; ``decided_by`` is recorded as the session's ``decided_by``. Resets
+        the token's failure count and push rate. Exactly one concurrent caller can get
+        APPROVED."""
         ...
 
     async def fail(
-        self, token_id: str, session_id: str, *, end_reason: str | None, now: float
+        self,
+        token_id: str,
+        session_id: str,
+        *,
+        end_reason: str | None,
+        now: float,
+        decided_by: str = "",
     ) -> Transition:
         """Count a failed verification on a pending session and on its token. The session ends
         rejected with ``end_reason`` if given, or "Too many attempts" at the
-        :data:`MAX_SESSION_FAILURES`-th failure."""
+        :data:`MAX_SESSION_FAILURES`-th failure (recording ``decided_by``)."""
         ...
 
     async def reject(
-        self, token_id: str, session_id: str, *, reason: str, pause: int, now: float
+        self,
+        token_id: str,
+        session_id: str,
+        *,
+        reason: str,
+        pause: int,
+        now: float,
+        decided_by: str = "",
     ) -> Transition:
         """End a pending session as rejected with ``reason``. With ``pause`` > 0 (a fraud
         report) every other pending session of the token is rejected with the same reason and
         new sessions are refused for ``pause`` seconds."""
         ...
 
-    async def expire(self, token_id: str, session_id: str, *, now: float) -> SessionRecord | None:
-        """Mark a pending session whose lifetime has passed as expired (publishing it) and
-        return the session as it now stands."""
+    async def redeem(
+        self,
+        token_id: str,
+        session_id: str,
+        *,
+        grant_hash: str,
+        now: float,
+        poll_interval: int = 0,
+        max_interval: int = 60,
+    ) -> Redemption:
+        """Collect a session's result with the secret whose SHA-256 is ``grant_hash``, in one
+        atomic step: ISSUED with the stored grant exactly once across all callers, then USED.
+
+        ``poll_interval`` > 0 is a CIBA poll: a poll sooner than the interval in force after
+        the previous one answers SLOW_DOWN and adds 5 seconds to the interval (at most
+        ``max_interval``); otherwise PENDING, DENIED, EXPIRED (expiring the session if its
+        lifetime passed) or ISSUED. ``poll_interval`` = 0 is an authorization code: ISSUED
+        only for an approved session before the grant's deadline, else INVALID; a second use
+        is USED with the access token id to revoke. A wrong secret is INVALID and changes
+        nothing."""
+        ...
+
+    async def expire(
+        self, token_id: str, session_id: str, *, now: float, decided_by: str = ""
+    ) -> SessionRecord | None:
+        """Mark a pending session whose lifetime has passed as expired (publishing it, and
+        recording ``decided_by``) and return the session as it now stands."""
         ...
 
     async def pending_sessions(self, token_id: str, *, now: float) -> list[SessionRecord]:
-        """The token's pending, unexpired sessions, oldest first."""
+        """The token's pending, unexpired sessions, oldest first; decoys left out."""
         ...
 
     async def claim_socket(self, token_id: str, session_id: str) -> int:
@@ -370,6 +508,28 @@ class Store(Protocol):
 
     async def list_devices(self, *, limit: int = 1000) -> list[DeviceRecord]:
         """Up to ``limit`` enrolled devices, in no particular order (operator tooling)."""
+        ...
+
+    # ---- CIBA ping deliveries (an outbox every instance works on) --------------------------
+    async def schedule_ping(self, token_id: str, session_id: str, *, at: float) -> None:
+        """Put the session in the ping outbox, due at ``at`` (or move it there)."""
+
+    async def due_pings(self, *, now: float, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` (token id, session id) pairs of the outbox due at ``now``."""
+        ...
+
+    async def claim_ping(self, token_id: str, session_id: str, *, now: float, until: float) -> bool:
+        """Take the session's ping for this caller: True for exactly one caller while it is
+        due, and then it is not due again before ``until`` (the caller's lease)."""
+        ...
+
+    async def ping_done(self, token_id: str, session_id: str) -> None:
+        """Remove the session from the outbox."""
+
+    # ---- shared secrets --------------------------------------------------------------------
+    async def register_secret(self, name: str, fingerprint: str) -> str:
+        """Record ``fingerprint`` for the secret ``name`` unless one is recorded; return the
+        recorded one, so that every instance can check it holds the same secret."""
         ...
 
     # ---- shared cache (e.g. a KYC provider's JWKS, shared by all instances) ---------------

@@ -32,9 +32,11 @@ def sharded(script: str) -> str:
 # Shared helpers, prepended to every script that moves a session.
 _PRELUDE = r"""
 local EXPIRED = '{"type":"expired"}'
+-- The nonce of the call taking the decision, if it gives one (see SessionRecord.decided_by).
+local BY = ''
 
 local function finish(skey, pkey, sid, state, final, now, keep, channel)
-  redis.call('HSET', skey, 'state', state, 'result', final, 'decided', tostring(now))
+  redis.call('HSET', skey, 'state', state, 'result', final, 'decided', tostring(now), 'by', BY)
   local exp = tonumber(redis.call('HGET', skey, 'exp'))
   redis.call('EXPIRE', skey, math.ceil(math.max(exp, now) + keep - now))
   redis.call('ZREM', pkey, sid)
@@ -51,7 +53,7 @@ local function check_pending(skey, pkey, sid, now, keep, channel)
   if s[1] ~= 'pending' then return {s[1], s[3] or '0'} end
   if now >= tonumber(s[2]) then
     finish(skey, pkey, sid, 'expired', EXPIRED, now, keep, channel)
-    return {'expired', s[3] or '0'}
+    return {'expired_now', s[3] or '0'}
   end
   return nil
 end
@@ -60,7 +62,8 @@ local function reject_pending(pkey, prefix, now, final, keep, channel)
   local sids = redis.call('ZRANGEBYSCORE', pkey, '(' .. tostring(now), '+inf')
   for _, osid in ipairs(sids) do
     local okey = prefix .. osid
-    if redis.call('HGET', okey, 'state') == 'pending' then
+    local o = redis.call('HMGET', okey, 'state', 'decoy')
+    if o[1] == 'pending' and o[2] ~= '1' then
       finish(okey, pkey, osid, 'rejected', final, now, keep, channel)
     end
   end
@@ -68,15 +71,28 @@ end
 """
 
 # KEYS: device, pending, pushes, session[, session-ref (omitted on a Cluster: another slot)]
-# ARGV: now, expiresAt, keep_ms, max_pending, push_limit, push_window, max_failed, sid, fields...
+# ARGV: now, expiresAt, keep_ms, max_pending, push_limit, push_window, max_failed, sid,
+#       decoy allowed ('1' or '0'), fields...
 CREATE = r"""
 local now = tonumber(ARGV[1])
+-- A session id is written once: never over a cancelled creation's tombstone.
+if redis.call('EXISTS', KEYS[4]) == 1 then return {'exists', '0'} end
 local d = redis.call('HMGET', KEYS[1], 'status', 'pause', 'fails', 'push', 'dead')
-if not d[1] then return {'unknown_token', '0'} end
-if d[1] == 'revoked' then return {'revoked', '0'} end
-local pause = tonumber(d[2] or '0') or 0
-if pause > now then return {'paused', tostring(pause - now)} end
-if (tonumber(d[3] or '0') or 0) >= tonumber(ARGV[7]) then return {'locked', '3600'} end
+local decoy = false
+if not d[1] then
+  if ARGV[9] ~= '1' then return {'unknown_token', '0'} end
+  decoy = true
+elseif d[1] == 'revoked' then return {'revoked', '0'}
+else
+  local pause = tonumber(d[2] or '0') or 0
+  if pause > now then
+    if ARGV[9] ~= '1' then return {'paused', tostring(pause - now)} end
+    decoy = true
+  elseif (tonumber(d[3] or '0') or 0) >= tonumber(ARGV[7]) then
+    if ARGV[9] ~= '1' then return {'locked', '3600'} end
+    decoy = true
+  end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then
   local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
@@ -89,30 +105,57 @@ if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then
   return {'push_rate', tostring(tonumber(first[2]) + window - now)}
 end
 local sid = ARGV[8]
-redis.call('HSET', KEYS[4], unpack(ARGV, 9))
+redis.call('HSET', KEYS[4], unpack(ARGV, 10))
+if decoy then redis.call('HSET', KEYS[4], 'decoy', '1') end
 redis.call('PEXPIRE', KEYS[4], ARGV[3])
-if KEYS[5] then redis.call('SET', KEYS[5], redis.call('HGET', KEYS[1], 'tok'), 'PX', ARGV[3]) end
+if KEYS[5] then redis.call('SET', KEYS[5], redis.call('HGET', KEYS[4], 'tok'), 'PX', ARGV[3]) end
 redis.call('ZADD', KEYS[2], ARGV[2], sid)
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
 redis.call('ZADD', KEYS[3], ARGV[1], sid)
 redis.call('EXPIRE', KEYS[3], window)
 local push = ''
-if d[5] ~= '1' then push = d[4] or '' end
+if not decoy and d[5] ~= '1' then push = d[4] or '' end
 return {'created', '0', push}
 """
 
+# KEYS: session, pending, pushes[, session-ref (omitted on a Cluster)]    ARGV: keep, sid
+CANCEL = r"""
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  -- The creation has not run yet (its command may still be queued): a tombstone, without the
+  -- session's fields, makes it write nothing when it does.
+  redis.call('HSET', KEYS[1], 'state', 'expired')
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  return 1
+end
+if state ~= 'pending' then
+  -- A tombstone (no 'sid') is still a session never written: nothing can use it.
+  if redis.call('HEXISTS', KEYS[1], 'sid') == 0 then return 1 end
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'expired', 'result', '{"type":"expired"}')
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+if KEYS[4] then redis.call('DEL', KEYS[4]) end
+return 1
+"""
+
 # KEYS: session, device, pending, pushes
-# ARGV: now, keep, sid, channel, key_thumbprint, credential_jti, final
+# ARGV: now, keep, sid, channel, key_thumbprint, credential_jti, final, decided_by,
+#       grant fields...
 APPROVE = (
     _PRELUDE
     + r"""
 local now, keep, sid, channel = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+BY = ARGV[8]
 local r = check_pending(KEYS[1], KEYS[3], sid, now, keep, channel)
 if r then return r end
-local fails = redis.call('HGET', KEYS[1], 'fails') or '0'
+local s = redis.call('HMGET', KEYS[1], 'fails', 'decoy')
+local fails = s[1] or '0'
 local d = redis.call('HMGET', KEYS[2], 'status', 'kt', 'cj')
 if not d[1] or d[1] == 'revoked' then return {'revoked', fails} end
-if d[2] ~= ARGV[5] or d[3] ~= ARGV[6] then return {'stale_device', fails} end
+if s[2] == '1' or d[2] ~= ARGV[5] or d[3] ~= ARGV[6] then return {'stale_device', fails} end
+if #ARGV > 8 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
 finish(KEYS[1], KEYS[3], sid, 'approved', ARGV[7], now, keep, channel)
 redis.call('DEL', KEYS[4])
 redis.call('HSET', KEYS[2], 'fails', '0')
@@ -121,11 +164,13 @@ return {'approved_now', fails}
 )
 
 # KEYS: session, device, pending
-# ARGV: now, keep, sid, channel, end_final ('' = keep pending), too_many_final, max_failures
+# ARGV: now, keep, sid, channel, end_final ('' = keep pending), too_many_final, max_failures,
+#       decided_by
 FAIL = (
     _PRELUDE
     + r"""
 local now, keep, sid, channel = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+BY = ARGV[8]
 local r = check_pending(KEYS[1], KEYS[3], sid, now, keep, channel)
 if r then return r end
 local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
@@ -139,11 +184,12 @@ return {'rejected_now', tostring(fails)}
 )
 
 # KEYS: session, device, pending
-# ARGV: now, keep, sid, channel, final, pause, session-key prefix
+# ARGV: now, keep, sid, channel, final, pause, session-key prefix, decided_by
 REJECT = (
     _PRELUDE
     + r"""
 local now, keep, sid, channel = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+BY = ARGV[8]
 local r = check_pending(KEYS[1], KEYS[3], sid, now, keep, channel)
 if r then return r end
 local fails = redis.call('HGET', KEYS[1], 'fails') or '0'
@@ -159,12 +205,54 @@ return {'rejected_now', fails}
 """
 )
 
-# KEYS: session, pending     ARGV: now, keep, sid, channel
+# KEYS: session, pending     ARGV: now, keep, sid, channel, decided_by
 EXPIRE = (
     _PRELUDE
     + r"""
+BY = ARGV[5]
 check_pending(KEYS[1], KEYS[2], ARGV[3], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[4])
 return redis.call('HGETALL', KEYS[1])
+"""
+)
+
+# KEYS: session, pending
+# ARGV: now, keep, sid, channel, grant_hash, poll_interval (0: an authorization code),
+#       max_interval
+REDEEM = (
+    _PRELUDE
+    + r"""
+local now, keep, sid, channel = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local s = redis.call('HMGET', KEYS[1], 'state', 'exp', 'gh', 'gexp', 'used', 'pollat', 'ival',
+  'atj')
+if not s[1] or not s[3] or s[3] ~= ARGV[5] then return {'invalid', '0'} end
+if s[5] then return {'used', '0', s[8] or ''} end
+local ival = '0'
+if tonumber(ARGV[6]) > 0 then
+  local interval = tonumber(s[7] or ARGV[6])
+  local last = tonumber(s[6] or '0')
+  if last > 0 and now < last + interval then
+    interval = math.min(interval + 5, tonumber(ARGV[7]))
+    redis.call('HSET', KEYS[1], 'pollat', ARGV[1], 'ival', tostring(interval))
+    return {'slow_down', tostring(interval)}
+  end
+  ival = tostring(interval)
+  redis.call('HSET', KEYS[1], 'pollat', ARGV[1], 'ival', ival)
+  local state = s[1]
+  if state == 'pending' then
+    if now < tonumber(s[2]) then return {'pending', ival} end
+    finish(KEYS[1], KEYS[2], sid, 'expired', EXPIRED, now, keep, channel)
+    return {'expired_now', ival}
+  end
+  if state == 'rejected' then return {'denied', ival} end
+  if state == 'expired' then return {'expired', ival} end
+elseif s[1] ~= 'approved' or now > tonumber(s[4] or '0') then
+  return {'invalid', '0'}
+end
+local g = redis.call('HMGET', KEYS[1], 'grant', 'front')
+-- Handed out once: the grant does not stay at rest after it is collected.
+redis.call('HSET', KEYS[1], 'used', '1')
+redis.call('HDEL', KEYS[1], 'grant')
+return {'issued', ival, g[1] or '', g[2] or ''}
 """
 )
 
@@ -249,6 +337,20 @@ reject_pending(KEYS[2], ARGV[4], tonumber(ARGV[1]), ARGV[5], tonumber(ARGV[2]), 
 return 1
 """
 )
+
+# KEYS: the ping outbox    ARGV: member, now, until
+CLAIM_PING = r"""
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not due or tonumber(due) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
+# KEYS: the secret's fingerprint    ARGV: fingerprint
+FIRST_FINGERPRINT = r"""
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"""
 
 # KEYS: device
 UNLOCK = r"""

@@ -27,6 +27,8 @@ from idtoken.store.base import (
     EventCallback,
     InitiateLimits,
     Outcome,
+    RedeemOutcome,
+    Redemption,
     SessionRecord,
     Transition,
     final_message,
@@ -51,6 +53,10 @@ class MemoryStore:
         self._cache: dict[str, tuple[str, float]] = {}
         self._hits: dict[str, list[float]] = {}
         self._pushes: dict[str, list[float]] = {}
+        self._grants: dict[str, dict[str, str]] = {}  # session id -> fields the decision adds
+        self._pings: dict[tuple[str, str], float] = {}
+        self._secrets: dict[str, str] = {}
+        self._tombstones: dict[str, float] = {}
         self._listeners = LocalListeners()
         self._started = False
 
@@ -144,19 +150,38 @@ class MemoryStore:
 
     # ---- sessions ------------------------------------------------------------------------
     async def create_session(
-        self, session: SessionRecord, *, limits: InitiateLimits, now: float
+        self,
+        session: SessionRecord,
+        *,
+        limits: InitiateLimits,
+        now: float,
+        decoy_allowed: bool = False,
     ) -> CreateResult:
         self._gc(now)
+        if (
+            session.session_id in self._sessions
+            or self._tombstones.get(session.session_id, 0) > now
+        ):
+            return CreateResult(CreateStatus.EXISTS)
         device = self._devices.get(session.token_id)
+        decoy = False
         if device is None:
-            return CreateResult(CreateStatus.UNKNOWN_TOKEN)
-        if device.status == "revoked":
+            if not decoy_allowed:
+                return CreateResult(CreateStatus.UNKNOWN_TOKEN)
+            decoy = True
+        elif device.status == "revoked":
             return CreateResult(CreateStatus.REVOKED)
-        if device.paused_until > now:
-            return CreateResult(CreateStatus.PAUSED, retry_after=_ceil(device.paused_until - now))
-        if device.failed_verifications >= limits.max_failed_verifications:
-            return CreateResult(CreateStatus.LOCKED, retry_after=3600)
-        pending = sorted(s.expires_at for s in self._token_pending(session.token_id, now))
+        elif device.paused_until > now:
+            if not decoy_allowed:
+                return CreateResult(
+                    CreateStatus.PAUSED, retry_after=_ceil(device.paused_until - now)
+                )
+            decoy = True
+        elif device.failed_verifications >= limits.max_failed_verifications:
+            if not decoy_allowed:
+                return CreateResult(CreateStatus.LOCKED, retry_after=3600)
+            decoy = True
+        pending = sorted(s.expires_at for s in self._token_pending(session.token_id, now, True))
         if len(pending) >= limits.max_pending:
             return CreateResult(CreateStatus.TOO_MANY_PENDING, retry_after=_ceil(pending[0] - now))
         pushes = [t for t in self._pushes.get(session.token_id, []) if t > now - limits.push_window]
@@ -166,11 +191,31 @@ class MemoryStore:
             )
         pushes.append(now)
         self._pushes[session.token_id] = pushes
+        if decoy:
+            session = replace(session, decoy=True)
         self._sessions[session.session_id] = session
         self._session_until[session.session_id] = session.expires_at + RESULT_KEEP
         self._by_token.setdefault(session.token_id, set()).add(session.session_id)
-        subscription = None if device.push_dead else device.push_subscription
-        return CreateResult(CreateStatus.CREATED, push_subscription=subscription)
+        if decoy or device is None or device.push_dead:
+            return CreateResult(CreateStatus.CREATED)
+        return CreateResult(CreateStatus.CREATED, push_subscription=device.push_subscription)
+
+    async def cancel_session(self, token_id: str, session_id: str, *, keep: int) -> bool:
+        now = self._clock.now()
+        session = self._sessions.get(session_id)
+        if session is None or session.token_id != token_id:
+            self._tombstones[session_id] = now + keep
+            return True
+        if session.state != "pending":
+            return False
+        # Quietly: nobody was told of the session, so nobody listens for it.
+        self._sessions[session_id] = replace(
+            session, state="expired", result=final_message("expired")
+        )
+        pushes = self._pushes.get(token_id)
+        if pushes is not None and session.created_at in pushes:
+            pushes.remove(session.created_at)
+        return True
 
     async def get_session(self, token_id: str, session_id: str) -> SessionRecord | None:
         session = await self.find_session(session_id)
@@ -190,24 +235,40 @@ class MemoryStore:
         credential_jti: str,
         final: str,
         now: float,
+        grant: Mapping[str, str] | None = None,
+        decided_by: str = "",
     ) -> Transition:
-        session, early = self._pending(token_id, session_id, now)
+        session, early = self._pending(token_id, session_id, now, decided_by)
         if session is None:
             return early
         device = self._devices.get(token_id)
         if device is None or device.status == "revoked":
             return Transition(Outcome.REVOKED, session.failures)
-        if device.key_thumbprint != key_thumbprint or device.credential_jti != credential_jti:
+        if (
+            session.decoy
+            or device.key_thumbprint != key_thumbprint
+            or device.credential_jti != credential_jti
+        ):
             return Transition(Outcome.STALE_DEVICE, session.failures)
-        self._finish(session, "approved", final, now)
+        if grant:
+            self._grants.setdefault(session_id, {}).update(grant)  # keeps a CIBA poll's interval
+            if "gh" in grant:
+                session = replace(session, grant_hash=grant["gh"])
+        self._finish(session, "approved", final, now, decided_by)
         self._devices[token_id] = replace(device, failed_verifications=0)
         self._pushes.pop(token_id, None)
-        return Transition(Outcome.APPROVED, session.failures)
+        return Transition(Outcome.APPROVED, session.failures, decided=True)
 
     async def fail(
-        self, token_id: str, session_id: str, *, end_reason: str | None, now: float
+        self,
+        token_id: str,
+        session_id: str,
+        *,
+        end_reason: str | None,
+        now: float,
+        decided_by: str = "",
     ) -> Transition:
-        session, early = self._pending(token_id, session_id, now)
+        session, early = self._pending(token_id, session_id, now, decided_by)
         if session is None:
             return early
         failures = session.failures + 1
@@ -222,33 +283,108 @@ class MemoryStore:
             end_reason = "Too many attempts"
         if end_reason is None:
             return Transition(Outcome.COUNTED, failures)
-        self._finish(session, "rejected", final_message("rejected", end_reason), now)
-        return Transition(Outcome.REJECTED, failures)
+        self._finish(session, "rejected", final_message("rejected", end_reason), now, decided_by)
+        return Transition(Outcome.REJECTED, failures, decided=True)
 
     async def reject(
-        self, token_id: str, session_id: str, *, reason: str, pause: int, now: float
+        self,
+        token_id: str,
+        session_id: str,
+        *,
+        reason: str,
+        pause: int,
+        now: float,
+        decided_by: str = "",
     ) -> Transition:
-        session, early = self._pending(token_id, session_id, now)
+        session, early = self._pending(token_id, session_id, now, decided_by)
         if session is None:
             return early
         message = final_message("rejected", reason)
-        self._finish(session, "rejected", message, now)
+        self._finish(session, "rejected", message, now, decided_by)
         if pause > 0:
             for other in self._token_pending(token_id, now):
-                self._finish(other, "rejected", message, now)
+                self._finish(other, "rejected", message, now, decided_by)
             device = self._devices.get(token_id)
             if device is not None:
                 self._devices[token_id] = replace(device, paused_until=now + pause)
-        return Transition(Outcome.REJECTED, session.failures)
+        return Transition(Outcome.REJECTED, session.failures, decided=True)
 
-    async def expire(self, token_id: str, session_id: str, *, now: float) -> SessionRecord | None:
+    async def redeem(
+        self,
+        token_id: str,
+        session_id: str,
+        *,
+        grant_hash: str,
+        now: float,
+        poll_interval: int = 0,
+        max_interval: int = 60,
+    ) -> Redemption:
+        session = await self.get_session(token_id, session_id)
+        if session is None or session.grant_hash is None or session.grant_hash != grant_hash:
+            return Redemption(RedeemOutcome.INVALID)
+        fields = self._grants.setdefault(session_id, {})
+        if "used" in fields:
+            return Redemption(RedeemOutcome.USED, revoke=fields.get("atj") or None)
+        interval = 0
+        if poll_interval > 0:
+            interval = int(fields.get("ival", poll_interval))
+            last = float(fields.get("pollat", "0"))
+            fields["pollat"] = repr(now)
+            if last > 0 and now < last + interval:
+                interval = min(interval + 5, max_interval)
+                fields["ival"] = str(interval)
+                return Redemption(RedeemOutcome.SLOW_DOWN, interval=interval)
+            fields["ival"] = str(interval)
+            state = session.state
+            if state == "pending":
+                if now < session.expires_at:
+                    return Redemption(RedeemOutcome.PENDING, interval=interval)
+                self._finish(session, "expired", final_message("expired"), now)
+                return Redemption(RedeemOutcome.EXPIRED, interval=interval, decided=True)
+            if state == "rejected":
+                return Redemption(RedeemOutcome.DENIED, interval=interval)
+            if state == "expired":
+                return Redemption(RedeemOutcome.EXPIRED, interval=interval)
+        elif session.state != "approved" or now > float(fields.get("gexp", "0")):
+            return Redemption(RedeemOutcome.INVALID)
+        fields["used"] = "1"
+        return Redemption(
+            RedeemOutcome.ISSUED,
+            grant=fields.pop("grant", None),
+            front=session.front,
+            interval=interval,
+        )
+
+    async def expire(
+        self, token_id: str, session_id: str, *, now: float, decided_by: str = ""
+    ) -> SessionRecord | None:
         session = await self.get_session(token_id, session_id)
         if session is not None and session.state == "pending" and now >= session.expires_at:
-            session = self._finish(session, "expired", final_message("expired"), now)
+            session = self._finish(session, "expired", final_message("expired"), now, decided_by)
         return session
 
     async def pending_sessions(self, token_id: str, *, now: float) -> list[SessionRecord]:
         return sorted(self._token_pending(token_id, now), key=lambda s: s.created_at)
+
+    async def schedule_ping(self, token_id: str, session_id: str, *, at: float) -> None:
+        self._pings[token_id, session_id] = at
+
+    async def due_pings(self, *, now: float, limit: int) -> list[tuple[str, str]]:
+        due = sorted((at, key) for key, at in self._pings.items() if at <= now)
+        return [key for _, key in due[:limit]]
+
+    async def claim_ping(self, token_id: str, session_id: str, *, now: float, until: float) -> bool:
+        at = self._pings.get((token_id, session_id))
+        if at is None or at > now:
+            return False
+        self._pings[token_id, session_id] = until
+        return True
+
+    async def ping_done(self, token_id: str, session_id: str) -> None:
+        self._pings.pop((token_id, session_id), None)
+
+    async def register_secret(self, name: str, fingerprint: str) -> str:
+        return self._secrets.setdefault(name, fingerprint)
 
     async def claim_socket(self, token_id: str, session_id: str) -> int:
         if await self.get_session(token_id, session_id) is None:
@@ -272,7 +408,7 @@ class MemoryStore:
 
     # ---- internals -----------------------------------------------------------------------
     def _pending(
-        self, token_id: str, session_id: str, now: float
+        self, token_id: str, session_id: str, now: float, decided_by: str = ""
     ) -> tuple[SessionRecord | None, Transition]:
         """The session if it is pending and unexpired; otherwise the outcome to report."""
         session = self._sessions.get(session_id)
@@ -283,24 +419,40 @@ class MemoryStore:
         ):
             return None, Transition(Outcome.UNKNOWN)
         if session.state == "pending" and now >= session.expires_at:
-            self._finish(session, "expired", final_message("expired"), now)
-            return None, Transition(Outcome.EXPIRED, session.failures)
+            self._finish(session, "expired", final_message("expired"), now, decided_by)
+            return None, Transition(Outcome.EXPIRED, session.failures, decided=True)
         if session.state == "pending":
             return session, Transition(Outcome.COUNTED, session.failures)
         return None, _settled(session)
 
-    def _finish(self, session: SessionRecord, state: str, final: str, now: float) -> SessionRecord:
-        done = replace(session, state=state, result=final)  # type: ignore[arg-type]
+    def _finish(
+        self, session: SessionRecord, state: str, final: str, now: float, decided_by: str = ""
+    ) -> SessionRecord:
+        done = replace(
+            session,
+            state=state,  # type: ignore[arg-type]
+            result=final,
+            decided_by=decided_by or None,
+        )
         self._sessions[session.session_id] = done
         self._session_until[session.session_id] = max(session.expires_at, now) + RESULT_KEEP
         self._listeners.dispatch(Event(session.session_id, final=final))
         return done
 
-    def _token_pending(self, token_id: str, now: float) -> list[SessionRecord]:
+    def _token_pending(
+        self, token_id: str, now: float, decoys: bool = False
+    ) -> list[SessionRecord]:
+        """The token's pending sessions; decoys only if asked for (they count against the
+        limits, but no phone sees them and no cascade ends them)."""
         found = []
         for sid in self._by_token.get(token_id, ()):
             s = self._sessions.get(sid)
-            if s is not None and s.state == "pending" and s.expires_at > now:
+            if (
+                s is not None
+                and s.state == "pending"
+                and s.expires_at > now
+                and (decoys or not s.decoy)
+            ):
                 found.append(s)
         return found
 
@@ -313,6 +465,7 @@ class MemoryStore:
             self._session_until.pop(sid, None)
             session = self._sessions.pop(sid, None)
             self._sockets.pop(sid, None)
+            self._grants.pop(sid, None)
             if session is not None:
                 siblings = self._by_token.get(session.token_id)
                 if siblings is not None:
@@ -321,6 +474,8 @@ class MemoryStore:
                         del self._by_token[session.token_id]
         for key in [k for k, until in self._markers.items() if until <= now]:
             del self._markers[key]
+        for sid in [k for k, until in self._tombstones.items() if until <= now]:
+            del self._tombstones[sid]
 
 
 def _settled(session: SessionRecord) -> Transition:

@@ -59,6 +59,8 @@ from idtoken.store.base import (
     EventCallback,
     InitiateLimits,
     Outcome,
+    RedeemOutcome,
+    Redemption,
     SessionRecord,
     StoreUnavailable,
     Transition,
@@ -94,7 +96,13 @@ _SCRIPTS = (
     "SET_PUSH",
     "REVOKE",
     "UNLOCK",
+    "CANCEL",
+    "REDEEM",
+    "CLAIM_PING",
+    "FIRST_FINGERPRINT",
 )
+PING_OUTBOX = "idtoken:pings"
+"""The zset of CIBA ping deliveries, "<tokenId> <sessionId>" -> when due (in its own slot)."""
 
 
 # ----------------------------------------------------------------------------- the store
@@ -288,7 +296,12 @@ class RedisStore:
 
     # ---- sessions ------------------------------------------------------------------------
     async def create_session(
-        self, session: SessionRecord, *, limits: InitiateLimits, now: float
+        self,
+        session: SessionRecord,
+        *,
+        limits: InitiateLimits,
+        now: float,
+        decoy_allowed: bool = False,
     ) -> CreateResult:
         tag = token_tag(session.token_id)
         keep_ms = int((session.expires_at - now + RESULT_KEEP) * 1000)
@@ -307,6 +320,7 @@ class RedisStore:
             limits.push_window,
             limits.max_failed_verifications,
             session.session_id,
+            "1" if decoy_allowed else "0",
             *_flatten(session.to_fields()),
         ]
         if self._cluster:
@@ -335,7 +349,10 @@ class RedisStore:
             return_exceptions=True,
         )
         if isinstance(created, BaseException) or created[0] != CreateStatus.CREATED:
-            if not isinstance(referenced, BaseException):
+            # Not on EXISTS: the reference is then the existing session's (or a tombstone's,
+            # which reads as nothing).
+            exists = not isinstance(created, BaseException) and created[0] == CreateStatus.EXISTS
+            if not isinstance(referenced, BaseException) and not exists:
                 await self._delete_quietly(ref)
             if isinstance(created, BaseException):
                 raise created
@@ -344,9 +361,19 @@ class RedisStore:
             raise referenced
         return created
 
+    async def cancel_session(self, token_id: str, session_id: str, *, keep: int) -> bool:
+        tag = token_tag(token_id)
+        keys = [session_key(token_id, session_id), f"{tag}:pending", f"{tag}:pushes"]
+        ref = ref_key(session_id)
+        if not self._cluster:
+            keys.append(ref)
+        done = bool(await self._run("CANCEL", keys, [max(1, keep), session_id]))
+        if done and self._cluster:  # the reference is in another slot
+            await self._call(self._r.delete(ref))
+        return done
+
     async def get_session(self, token_id: str, session_id: str) -> SessionRecord | None:
-        fields = await self._hgetall(session_key(token_id, session_id))
-        return SessionRecord.from_fields(fields) if fields else None
+        return SessionRecord.from_stored(await self._hgetall(session_key(token_id, session_id)))
 
     async def find_session(self, session_id: str) -> SessionRecord | None:
         token_id = await self._get(ref_key(session_id))
@@ -363,6 +390,8 @@ class RedisStore:
         credential_jti: str,
         final: str,
         now: float,
+        grant: Mapping[str, str] | None = None,
+        decided_by: str = "",
     ) -> Transition:
         tag = token_tag(token_id)
         keys = [
@@ -372,7 +401,17 @@ class RedisStore:
             f"{tag}:pushes",
         ]
         channel = self._feed.channel(token_id)
-        args = [repr(now), RESULT_KEEP, session_id, channel, key_thumbprint, credential_jti, final]
+        args = [
+            repr(now),
+            RESULT_KEEP,
+            session_id,
+            channel,
+            key_thumbprint,
+            credential_jti,
+            final,
+            decided_by,
+            *_flatten(grant or {}),
+        ]
         if self.mode == "sentinel":
             return await self._approve_replicated(token_id, session_id, keys, args, final)
         return _transition(await self._publish("APPROVE", token_id, keys, args))
@@ -407,7 +446,13 @@ class RedisStore:
         return t
 
     async def fail(
-        self, token_id: str, session_id: str, *, end_reason: str | None, now: float
+        self,
+        token_id: str,
+        session_id: str,
+        *,
+        end_reason: str | None,
+        now: float,
+        decided_by: str = "",
     ) -> Transition:
         tag = token_tag(token_id)
         reply = await self._publish(
@@ -422,12 +467,20 @@ class RedisStore:
                 "" if end_reason is None else final_message("rejected", end_reason),
                 final_message("rejected", "Too many attempts"),
                 MAX_SESSION_FAILURES,
+                decided_by,
             ],
         )
         return _transition(reply)
 
     async def reject(
-        self, token_id: str, session_id: str, *, reason: str, pause: int, now: float
+        self,
+        token_id: str,
+        session_id: str,
+        *,
+        reason: str,
+        pause: int,
+        now: float,
+        decided_by: str = "",
     ) -> Transition:
         tag = token_tag(token_id)
         reply = await self._publish(
@@ -442,25 +495,55 @@ class RedisStore:
                 final_message("rejected", reason),
                 pause,
                 f"{tag}:sess:",
+                decided_by,
             ],
         )
         return _transition(reply)
 
-    async def expire(self, token_id: str, session_id: str, *, now: float) -> SessionRecord | None:
+    async def redeem(
+        self,
+        token_id: str,
+        session_id: str,
+        *,
+        grant_hash: str,
+        now: float,
+        poll_interval: int = 0,
+        max_interval: int = 60,
+    ) -> Redemption:
+        tag = token_tag(token_id)
+        reply = await self._publish(
+            "REDEEM",
+            token_id,
+            [session_key(token_id, session_id), f"{tag}:pending"],
+            [
+                repr(now),
+                RESULT_KEEP,
+                session_id,
+                self._feed.channel(token_id),
+                grant_hash,
+                poll_interval,
+                max_interval,
+            ],
+        )
+        return _redemption(reply)
+
+    async def expire(
+        self, token_id: str, session_id: str, *, now: float, decided_by: str = ""
+    ) -> SessionRecord | None:
         tag = token_tag(token_id)
         flat = await self._publish(
             "EXPIRE",
             token_id,
             [session_key(token_id, session_id), f"{tag}:pending"],
-            [repr(now), RESULT_KEEP, session_id, self._feed.channel(token_id)],
+            [repr(now), RESULT_KEEP, session_id, self._feed.channel(token_id), decided_by],
         )
-        return SessionRecord.from_fields(_pairs(flat)) if flat else None
+        return SessionRecord.from_stored(_pairs(flat)) if flat else None
 
     async def pending_sessions(self, token_id: str, *, now: float) -> list[SessionRecord]:
         tag = token_tag(token_id)
         rows = await self._run("PENDING", [f"{tag}:pending"], [repr(now), f"{tag}:sess:"])
         sessions = [SessionRecord.from_fields(_pairs(row)) for row in rows]
-        live = [s for s in sessions if s.state == "pending" and s.expires_at > now]
+        live = [s for s in sessions if s.state == "pending" and s.expires_at > now and not s.decoy]
         return sorted(live, key=lambda s: s.created_at)
 
     async def claim_socket(self, token_id: str, session_id: str) -> int:
@@ -481,6 +564,28 @@ class RedisStore:
             release()
 
         return stop
+
+    async def schedule_ping(self, token_id: str, session_id: str, *, at: float) -> None:
+        await self._call(self._r.zadd(PING_OUTBOX, {_ping_member(token_id, session_id): at}))
+
+    async def due_pings(self, *, now: float, limit: int) -> list[tuple[str, str]]:
+        members = await self._call(
+            self._r.zrangebyscore(PING_OUTBOX, "-inf", repr(now), start=0, num=limit)
+        )
+        return [_ping_pair(str(m)) for m in members]
+
+    async def claim_ping(self, token_id: str, session_id: str, *, now: float, until: float) -> bool:
+        member = _ping_member(token_id, session_id)
+        return bool(await self._run("CLAIM_PING", [PING_OUTBOX], [member, repr(now), repr(until)]))
+
+    async def ping_done(self, token_id: str, session_id: str) -> None:
+        await self._call(self._r.zrem(PING_OUTBOX, _ping_member(token_id, session_id)))
+
+    async def register_secret(self, name: str, fingerprint: str) -> str:
+        recorded = await self._run(
+            "FIRST_FINGERPRINT", [f"idtoken:secret:{{{name}}}"], [fingerprint]
+        )
+        return str(recorded)
 
     async def hit(self, key: str, *, limit: int, window: int, now: float) -> int:
         reply = await self._run(
@@ -508,6 +613,7 @@ _OUTCOMES = {
     "rejected_now": Outcome.REJECTED,
     "counted": Outcome.COUNTED,
     "expired": Outcome.EXPIRED,
+    "expired_now": Outcome.EXPIRED,
     "unknown": Outcome.UNKNOWN,
     "stale_device": Outcome.STALE_DEVICE,
     "revoked": Outcome.REVOKED,
@@ -521,7 +627,30 @@ def _transition(reply: Sequence[str]) -> Transition:
         outcome = Outcome.TOO_MANY if failures >= MAX_SESSION_FAILURES else Outcome.NOT_PENDING
     else:  # "approved" (an earlier decision) maps to NOT_PENDING
         outcome = _OUTCOMES.get(word, Outcome.NOT_PENDING)
-    return Transition(outcome, failures)
+    return Transition(outcome, failures, decided=word.endswith("_now"))
+
+
+def _redemption(reply: Sequence[str]) -> Redemption:
+    interval = int(reply[1] or 0)
+    if reply[0] == "expired_now":
+        return Redemption(RedeemOutcome.EXPIRED, interval=interval, decided=True)
+    outcome = RedeemOutcome(reply[0])
+    if outcome is RedeemOutcome.ISSUED:
+        return Redemption(
+            outcome, grant=reply[2] or None, front=reply[3] or None, interval=interval
+        )
+    if outcome is RedeemOutcome.USED:
+        return Redemption(outcome, revoke=reply[2] or None)
+    return Redemption(outcome, interval=interval)
+
+
+def _ping_member(token_id: str, session_id: str) -> str:
+    return f"{token_id} {session_id}"  # ids never contain a space
+
+
+def _ping_pair(member: str) -> tuple[str, str]:
+    token_id, _, session_id = member.partition(" ")
+    return token_id, session_id
 
 
 def _ceil(seconds: float) -> int:
