@@ -115,6 +115,8 @@ def create_app(
             yield
         finally:
             await dispatcher.aclose()
+            # Cancellations and audit lines owed after lost store replies get a moment.
+            await login.followups.drain(timeout=2.0)
             for issuer in issuers.values():
                 if isinstance(issuer, KycIssuer):
                     await issuer.jwks.aclose()
