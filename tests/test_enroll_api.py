@@ -17,6 +17,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 from joserfc import jws
-from joserfc.jwk import KeySet
+from joserfc.jwk import JWKRegistry, KeySet
 
 from conftest import Operator, OperatorFactory
 from idtoken.client import Device, ResultError
@@ -506,14 +507,24 @@ async def test_j07_x5c_chain_of_an_attacker_is_refused(
 
 WEIRD_KIDS: list[Any] = [
     "../../../../etc/passwd",
+    "..",
+    "keys/issuer.pem",
     "' OR '1'='1' --",
+    "1; DROP TABLE keys",
     "k" * 10240,
+    "k" * 129,
     "key\u0000id",
+    "key id",
+    "key\nid",
+    "k\u00efd",
     1234,
+    True,
+    None,
     ["a", "b"],
     {"$ne": ""},
     "",
 ]
+"""kids that cannot name a key configured by PEM: refused even over the issuer's own signature."""
 
 
 async def test_j08_weird_kid_values(op: Operator, redis_srv: RedisServer) -> None:
@@ -524,16 +535,83 @@ async def test_j08_weird_kid_values(op: Operator, redis_srv: RedisServer) -> Non
             {"alg": "RS256", "typ": "JWT", "kid": kid}, claims_for(sub=f"kid-{i}"), rs(attacker)
         )
         await assert_refused(op, redis_srv, token, reference, label=f"attacker kid {kid!r:.40}")
-    # Malformed kids (not 1..256 printable ASCII characters) are refused even when the
-    # signature is the issuer's own.
-    for i, kid in enumerate(["k" * 10240, "key\u0000id", 1234, ["a", "b"], {"$ne": ""}, ""]):
-        token = make_token(
-            {"alg": "RS256", "typ": "JWT", "kid": kid},
-            claims_for(sub=f"kid-legit-{i}"),
-            legit_sign(rsa_issuer(op)),
-        )
-        await assert_refused(op, redis_srv, token, reference, label=f"issuer kid {kid!r:.40}")
+    # The issuer's own signature does not carry them: a PEM issuer's kid is matched against
+    # a strict form (it never becomes a path or a query), on the RSA and the EC issuer alike.
+    for issuer in (rsa_issuer(op), ec_issuer(op)):
+        for i, kid in enumerate(WEIRD_KIDS):
+            token = make_token(
+                {"alg": issuer.alg, "typ": "JWT", "kid": kid},
+                claims_for(issuer.issuer, sub=f"kid-legit-{i}"),
+                legit_sign(issuer),
+            )
+            label = f"{issuer.alg} issuer kid {kid!r:.40}"
+            await assert_refused(op, redis_srv, token, reference, label=label)
     assert stored_keys(redis_srv) == set()
+
+
+def thumbprint(issuer: Issuer) -> str:
+    """RFC 7638 thumbprint of the issuer's public key, computed by joserfc (not our code)."""
+    kty = "RSA" if isinstance(issuer.private_key, rsa.RSAPrivateKey) else "EC"
+    return JWKRegistry.import_key(issuer.public_pem(), kty).thumbprint()
+
+
+LEGITIMATE_KIDS = [
+    "integration-key-2024",
+    "2024-05-01",
+    "3f2b8c1e-9d4a-4e7b-8f60-2a1c5d9e7b30",
+    "urn:example:keys:1",
+    "partner.example.signing.v2",
+    "NjVBRjY5MDlCMUIwNzU4RTA2QzZFMDQ4QzQ2MDAyQjVDNjk1RTM2Qg",  # an x5t-like base64url value
+    "k" * 128,
+]
+
+
+async def test_j08_issuers_that_name_their_key_enroll(op: Operator) -> None:
+    """An issuer configured by PEM may send its key's RFC 7638 thumbprint, or a kid of its own
+    making in the strict form, and still enroll."""
+    for issuer in (rsa_issuer(op), ec_issuer(op)):
+        for i, kid in enumerate([thumbprint(issuer), *LEGITIMATE_KIDS]):
+            sub = f"named-{issuer.alg}-{i}"
+            resp = await post_enroll(op, issuer.mint(sub, header={"kid": kid}))
+            assert resp.status_code == 201, (kid, resp.text)
+            assert resp.json()["tokenId"] == sub
+
+
+async def test_j08_an_issuer_with_a_configured_kid_accepts_only_its_names(
+    make_operator: OperatorFactory, redis_srv: RedisServer, redis_url: str, tmp_path: Path
+) -> None:
+    """With ``kid`` in its table, an issuer's tokens carry that kid, the key's thumbprint, or
+    none; any other kid, however well formed, is refused like a wrong key."""
+    named = Issuer(issuer="https://named-integration.test", kind="EC")
+    pem = tmp_path / "named-issuer.pem"
+    pem.write_bytes(named.public_pem())
+    extra = (
+        "\n[[enrollment_issuers]]\n"
+        f"issuer = {json.dumps(named.issuer)}\n"
+        f"audience = {json.dumps(named.audience)}\n"
+        f"public_key_file = {json.dumps(str(pem))}\n"
+        'kid = "partner-key-7"\n'
+    )
+    async with make_operator(limits=LIMITS, extra=extra) as named_op:
+        reference = await reference_401(named_op)
+        for i, kid in enumerate(["partner-key-7", thumbprint(named), None]):
+            header = {} if kid is None else {"kid": kid}
+            resp = await post_enroll(named_op, named.mint(f"named-{i}", header=header))
+            assert resp.status_code == 201, (kid, resp.text)
+        others = ["partner-key-8", "Partner-key-7", "partner-key-7 ", *LEGITIMATE_KIDS]
+        for i, kid in enumerate([*others, *WEIRD_KIDS]):
+            token = make_token(
+                {"alg": "ES256", "typ": "JWT", "kid": kid},
+                claims_for(named.issuer, sub=f"other-{i}"),
+                legit_sign(named),
+            )
+            await assert_refused(named_op, redis_srv, token, reference, label=f"kid {kid!r:.40}")
+        # The configured kid names that issuer's key only: the default issuer's tokens with it
+        # are held to the default issuer's own rule (a well-formed kid: accepted).
+        resp = await post_enroll(
+            named_op, named_op.issuer.mint("default-1", header={"kid": "partner-key-7"})
+        )
+        assert resp.status_code == 201, resp.text
 
 
 # =========================================================================== J10

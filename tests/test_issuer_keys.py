@@ -4,7 +4,8 @@ Seed 000 gives the commands (RSA key, self-signed certificate, EC key, base64 of
 three ways to hand the public half to the operator: a PEM public key, a PEM certificate, or the
 base64 of either. Each form is configured here and must enroll a device with a token signed by
 the matching private key. Then the keys that must stop the start (catalogue J04, J19, E07):
-empty or missing files, RSA under 2048 bits, P-384, expired and not-yet-valid certificates.
+empty or missing files, RSA under 2048 bits, P-384, expired and not-yet-valid certificates; and
+the names a key answers to in a token's ``kid`` (J08): a configured ``kid`` and its thumbprint.
 
 openssl is required: if it is missing these tests fail, they do not skip.
 """
@@ -22,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from joserfc.jwk import JWKRegistry
 
 from conftest import OperatorFactory
 from idtoken.app import create_app
@@ -214,3 +216,73 @@ def test_unusable_issuer_keys_stop_the_start(tmp_path: Path) -> None:
         if label != "missing key file":  # issuers.py names only the key and path for that one
             assert repr(issuer) in text, label
         assert message in text, (label, text)
+
+
+# ----------------------------------------------------------------------------- kid (catalogue J08)
+async def test_a_configured_kid_and_the_thumbprint_name_every_key_form(
+    make_operator: OperatorFactory, redis_url: str, tmp_path: Path
+) -> None:
+    """``kid`` in an issuer's table: its tokens may name the key by that kid or by the RFC 7638
+    thumbprint of the configured key (computed here by joserfc from openssl's pubkey.pem, also
+    for a key given as a certificate); another kid is refused."""
+    rsa_dir = seed_rsa(tmp_path / "rsa")
+    cert_dir = seed_certificate(tmp_path / "cert")
+    ec_dir = seed_ec(tmp_path / "ec")
+    forms = {
+        "https://rsa-kid.test": (
+            rsa_dir,
+            "RSA",
+            key_file("public_key_file", rsa_dir / "pubkey.pem"),
+        ),
+        "https://cert-kid.test": (cert_dir, "RSA", key_b64(cert_dir / "cert.b64")),
+        "https://ec-kid.test": (ec_dir, "EC", key_file("public_key_file", ec_dir / "pubkey.pem")),
+    }
+    extra = "".join(
+        issuer_table(iss, f'{line}\nkid = "seed-000:key.1"') for iss, (_, _, line) in forms.items()
+    )
+    async with make_operator(
+        issuers=[], extra=extra, limits={"enroll_per_ip_per_hour": 1000}
+    ) as op:
+        for i, (iss, (directory, kty, _)) in enumerate(forms.items()):
+            pubkey = (directory / "pubkey.pem").read_bytes()
+            thumbprint = JWKRegistry.import_key(pubkey, kty).thumbprint()
+            signer = Issuer(issuer=iss, private_key=private_key(directory / "key.pem"))
+            for j, kid in enumerate(["seed-000:key.1", thumbprint]):
+                device = op.device(f"device-{i}-{j}")
+                token = signer.mint(f"user-{i}-{j}", header={"kid": kid})
+                assert (await device.enroll(token)).token_id == f"user-{i}-{j}", (iss, kid)
+            resp = await op.http.post(
+                "/enroll",
+                json=op.device(f"device-{i}-x").enroll_body(
+                    signer.mint(f"user-{i}-x", header={"kid": "seed-000:key.2"})
+                ),
+            )
+            assert resp.status_code == 401, (iss, resp.text)
+            assert resp.json()["error"] == "invalid_enrollment_token"
+
+
+@pytest.mark.parametrize(
+    "kid",
+    ["", "../keys/issuer.pem", "key one", "a..b", "k" * 129, "kïd", "key/1", "' OR 1=1 --"],
+)
+def test_a_configured_kid_must_be_a_plain_key_id(tmp_path: Path, kid: str) -> None:
+    path = tmp_path / "issuer.pem"
+    path.write_bytes(pem_public(ec.generate_private_key(ec.SECP256R1())))
+    table = issuer_table(
+        "https://integration.test", f"{key_file('public_key_file', path)}\nkid = {json.dumps(kid)}"
+    )
+    config = OperatorConfig(tmp_path, issuers=[], extra=table).write()
+    with pytest.raises(ConfigError) as info:
+        create_app(load_settings(config))  # "" is refused by the loader, the rest at start
+    assert info.value.key == "enrollment_issuers[0].kid"
+
+
+def test_a_kyc_issuer_takes_no_configured_kid(tmp_path: Path) -> None:
+    table = issuer_table(
+        "https://kyc.test",
+        'format = "uqudo"\njwks_uri = "https://kyc.test/jwks.json"\nkid = "kyc-1"',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(OperatorConfig(tmp_path, issuers=[], extra=table).write())
+    assert info.value.key == "enrollment_issuers[0].kid"
+    assert "uqudo" in str(info.value)

@@ -93,6 +93,7 @@ class IssuerSettings:
     public_key_b64: str | None = None
     jwks_uri: str | None = None
     trust_level: int = 1
+    kid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -357,10 +358,13 @@ def _parse_issuer(t: _Table) -> IssuerSettings:
         "public_key_b64",
         "jwks_uri",
         "trust_level",
+        "kid",
     )
     fmt = t.get_str("format", default="jwt")
     if fmt not in ("jwt", "uqudo"):
         raise ConfigError(t.key("format"), 'must be "jwt" or "uqudo"')
+    if fmt == "uqudo" and t.opt_str("kid") is not None:
+        raise ConfigError(t.key("kid"), 'not for format = "uqudo": its kids come from jwks_uri')
     issuer = IssuerSettings(
         issuer=t.get_str("issuer", required=True),
         audience=t.get_str("audience", required=True),
@@ -370,6 +374,7 @@ def _parse_issuer(t: _Table) -> IssuerSettings:
         public_key_b64=t.opt_str("public_key_b64"),
         jwks_uri=t.opt_str("jwks_uri"),
         trust_level=t.get_int("trust_level", 1 if fmt == "jwt" else 2, 1, 3),
+        kid=t.opt_str("kid"),
     )
     sources = [
         name

@@ -56,6 +56,10 @@ def verify_integration_jwt(
     jws: jose.CompactJWS, issuer: StaticIssuer, *, now: float, leeway: int, max_lifetime: int
 ) -> Assertion:
     """Verify a seed-000 JWT already parsed by :func:`jose.parse_compact`."""
+    try:
+        issuer.check_kid(jws.header)  # a header check: before the signature
+    except jose.JoseError as exc:
+        raise invalid(exc.reason) from exc
     exp = check_signed_claims(
         jws,
         issuer.verifier,
