@@ -786,6 +786,17 @@ def test_sign_compact_alg_comes_from_signer(ec_key: ec.EllipticCurvePrivateKey) 
         sign_compact({}, {"exp": float("nan")}, signer)
 
 
+def test_sign_compact_keeps_the_order_of_a_header_that_names_alg(
+    ec_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    # The VAPID header is {"typ":"JWT","alg":"ES256"}, exactly, as push services are sent it.
+    token = sign_compact({"typ": "JWT", "alg": "ES256"}, {"b": 1, "a": 2}, ES256Signer(ec_key))
+    head, payload, _ = token.split(".")
+    assert b64url_decode(head) == b'{"typ":"JWT","alg":"ES256"}'
+    assert b64url_decode(payload) == b'{"b":1,"a":2}'
+    verifier_for(ec_key.public_key(), "ES256").verify(parse_compact(token))
+
+
 def test_es256_signer_requires_p256() -> None:
     with pytest.raises(ValueError):
         ES256Signer(ec.generate_private_key(ec.SECP384R1()))

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from idtoken.clock import ManualClock, SystemClock
+from idtoken.jose import b64url_decode, parse_compact, verifier_for
 from idtoken.push.base import PushOutcome, PushResult, PushSubscription
 from idtoken.push.dispatch import PushDispatcher
 from idtoken.push.vapid import load_or_create_vapid_key, sign_vapid_jwt, vapid_public_key_b64
@@ -165,6 +166,28 @@ async def test_vapid_token_is_cached_per_audience(
         assert request_b.problems == []
         assert request_b.vapid_claims is not None
         assert request_b.vapid_claims["aud"] == other_service.origin
+
+
+async def test_vapid_token_keeps_its_form_and_verifies(
+    receiver: PushReceiver, notifier: WebPushNotifier, vapid_key: ec.EllipticCurvePrivateKey
+) -> None:
+    """The VAPID JWT comes from the one JWS signer (jose.sign_compact) in the exact form push
+    services have always been sent: header, then claims in aud/exp/sub order, no spaces."""
+    subscription, handle = receiver.new_subscription()
+    assert (await push(notifier, subscription)).outcome is PushOutcome.SENT
+    [request] = handle.requests
+    assert request.problems == []
+    token = request.headers["authorization"].removeprefix("vapid t=").split(",")[0]
+    head, claims, signature = token.split(".")
+    assert b64url_decode(head) == b'{"typ":"JWT","alg":"ES256"}'
+    assert request.vapid_claims is not None
+    exp = request.vapid_claims["exp"]
+    expected = f'{{"aud":"{receiver.origin}","exp":{exp},"sub":"{SUBJECT}"}}'
+    assert b64url_decode(claims) == expected.encode()
+    assert len(b64url_decode(signature)) == 64
+    # Verified by the operator's strict verifier too, pinned to ES256 and the VAPID key.
+    parsed = parse_compact(token)
+    verifier_for(vapid_key.public_key(), "ES256").verify(parsed)
 
 
 async def test_one_connection_is_reused_across_pushes(

@@ -427,14 +427,16 @@ def _compact_json(value: Mapping[str, Any]) -> bytes:
 
 
 def sign_compact(header: Mapping[str, Any], payload: Mapping[str, Any], signer: Signer) -> str:
-    """Serialise and sign a compact JWS.
+    """Serialise and sign a compact JWS: the one signer of every JWS the operator makes.
 
-    ``alg`` is taken from ``signer``; a header that names a different ``alg`` raises
-    ``ValueError``. JSON is written compactly in UTF-8 and NaN/Infinity are refused.
+    ``alg`` is taken from ``signer``: put first when ``header`` has none, and a header that
+    names a different ``alg`` raises ``ValueError``. Members are written in the order given
+    (so a header that names ``alg`` keeps its place, as the VAPID form needs), compactly, in
+    UTF-8, with NaN/Infinity refused.
     """
     if header.get("alg", signer.alg) != signer.alg:
         raise ValueError("header alg does not match the signer")
-    protected = {"alg": signer.alg, **header}
+    protected = dict(header) if "alg" in header else {"alg": signer.alg, **header}
     signing_input = (
         b64url_encode(_compact_json(protected)) + "." + b64url_encode(_compact_json(payload))
     )
