@@ -227,9 +227,51 @@ async def test_the_relying_party_client_refuses_forged_and_foreign_tokens(
             "typ at+jwt": keys.sign(dict(claims), typ="at+jwt"),
             "the phone's credential": device.enrollment.credential,
         }
+
+        # Signed by the operator's real key over these exact bytes: only the header or JSON
+        # rule can refuse them (the client is as strict as the operator, RFC 8725).
+        def resigned(head_json: bytes, payload_json: bytes) -> str:
+            signing_input = f"{b64url(head_json)}.{b64url(payload_json)}"
+            return f"{signing_input}.{b64url(keys.active.signer.sign(signing_input.encode()))}"
+
+        genuine_head = json.dumps(header).encode()
+        genuine_payload = json.dumps(claims).encode()
+        jwk_member = {k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y")}
+        for member, value in {
+            "jku": "http://127.0.0.1:9/jwks.json",
+            "x5u": "http://127.0.0.1:9/cert.pem",
+            "x5c": [base64.b64encode(b"not a certificate").decode()],
+            "jwk": jwk_member,  # the operator's own key: honouring it would verify
+            "x5t": b64url(hashlib.sha1(b"cert").digest()),  # noqa: S324 (a thumbprint's form)
+            "x5t#S256": b64url(hashlib.sha256(b"cert").digest()),
+            "cty": "JWT",
+            "crit": ["exp"],
+            "b64": True,
+            "zip": "DEF",
+            "enc": "A256GCM",
+            "nonce": "n-1",
+        }.items():
+            head_json = json.dumps({**header, member: value}).encode()
+            forged[f"header member {member}"] = resigned(head_json, genuine_payload)
+        kid_twice = genuine_head[:-1] + f', "kid": {json.dumps(header["kid"])}}}'.encode()
+        forged["kid twice in the header"] = resigned(kid_twice, genuine_payload)
+        typ_twice = b'{"typ": "at+jwt", ' + genuine_head[1:]
+        forged["typ twice in the header"] = resigned(typ_twice, genuine_payload)
+        sub_twice = b'{"sub": "eve", ' + genuine_payload[1:]
+        forged["sub twice in the claims"] = resigned(genuine_head, sub_twice)
+        forged["NaN in the claims"] = resigned(
+            genuine_head, genuine_payload[:-1] + b', "score": NaN}'
+        )
+        for name in ("kid", "typ"):
+            head_json = json.dumps({k: v for k, v in header.items() if k != name}).encode()
+            forged[f"no {name}"] = resigned(head_json, genuine_payload)
         for label, value in forged.items():
             with pytest.raises(ResultError) as info:
                 await rp.verify_jwt(value)
             assert info.value.kind == "invalid_jwt", label
-        # The genuine token still verifies: nothing above was refused for another reason.
+        # The genuine token still verifies, and so does the same header and payload re-signed
+        # here: nothing above was refused for another reason.
         assert (await rp.verify_jwt(token))["sub"] == claims["sub"]
+        resigned_token = resigned(genuine_head, genuine_payload)
+        assert (await rp.verify_jwt(resigned_token))["sub"] == claims["sub"]
+        assert json.loads(sub_twice)["sub"] == claims["sub"]  # Python keeps the last: genuine

@@ -1,9 +1,17 @@
 """A relying party, in Python: initiate, wait on the socket, verify the JWT (wire contract §1).
 
-JWT verification uses joserfc, independently of the operator's own code, with the operator's
+JWT verification uses joserfc, independently of the operator's JWS code, with the operator's
 keys fetched from its JWKS, cached in memory and re-fetched only for an unknown ``kid`` — at most
 once per cooldown, so a flood of forged ``kid`` values cannot turn the RP into a load
 generator against the operator.
+
+It is as strict as the operator is with the tokens it reads (RFC 8725), because integrators
+copy it: the algorithm is pinned to ES256 and the header holds exactly ``alg``, ``typ``
+(``JWT``) and ``kid`` — joserfc's default registry also lets ``jku``, ``x5u``, ``x5c``, ``jwk``,
+``x5t``, ``x5t#S256``, ``cty``, ``crit`` and ``b64`` through, so :class:`IdTokenRegistry`
+replaces it. A member named twice in the header or the claims refuses the token (RFC 7515 §4
+lets a parser refuse or keep the last; Python's ``json`` keeps the last): JSON is read by the
+package's strict reader, :mod:`idtoken.strictjson` (copy it along).
 """
 
 from __future__ import annotations
@@ -20,10 +28,66 @@ from urllib.parse import quote
 
 import httpx
 import websockets
-from joserfc import jws, jwt
+from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet
+from joserfc.jws import JWSRegistry
+from joserfc.registry import JWS_HEADER_REGISTRY, HeaderParameter, HeaderRegistryDict
+from joserfc.util import urlsafe_b64decode
 from websockets.typing import Origin
+
+from idtoken.strictjson import loads_strict_json
+
+ALG = "ES256"
+TYP = "JWT"
+HEADER_REGISTRY: HeaderRegistryDict = {
+    "alg": JWS_HEADER_REGISTRY["alg"],
+    "typ": HeaderParameter("Type", lambda value: _must_be(value, TYP), required=True),
+    "kid": HeaderParameter("Key ID", "str", required=True),
+}
+"""The members of an ID token's header, all three required; nothing else is allowed."""
+
+
+def _must_be(value: object, expected: str) -> None:
+    if value != expected:
+        raise ValueError(f"must be {expected!r}")
+
+
+class IdTokenRegistry(JWSRegistry):
+    """joserfc's JWS registry cut down to what an ID token's header is: ``alg`` ES256 only,
+    ``typ`` ``JWT`` and ``kid``, and no other member (:data:`HEADER_REGISTRY`,
+    ``strict_check_header``). The operator's other signed tokens, such as the phone's
+    credential, are typed otherwise and fail here."""
+
+    def __init__(self) -> None:
+        super().__init__(algorithms=[ALG], strict_check_header=True)
+        # Replaces, rather than extends, joserfc's defaults (jku, x5u, x5c, jwk, x5t, ...).
+        self.header_registry = dict(HEADER_REGISTRY)
+
+
+class StrictJSONDecoder(json.JSONDecoder):
+    """joserfc's ``decoder_cls`` hook onto :func:`idtoken.strictjson.loads_strict_json`: a
+    member named twice, NaN or Infinity (and the rest that module lists) refuse the token."""
+
+    def decode(self, s: str, _w: Any = None) -> Any:
+        return loads_strict_json(s.encode("utf-8"))
+
+
+def _header(token: str) -> dict[str, Any]:
+    """The protected header of a compact JWS, decoded strictly (canonical base64url, unique
+    members) and checked against :class:`IdTokenRegistry` before any key is looked up."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ValueError("not a compact JWS")
+    header = loads_strict_json(urlsafe_b64decode(parts[0].encode("ascii")))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not an object")
+    _REGISTRY.check_header(header)
+    _REGISTRY.get_alg(header["alg"])
+    return header
+
+
+_REGISTRY = IdTokenRegistry()
 
 
 class ResultError(Exception):
@@ -181,19 +245,16 @@ class RelyingParty:
     async def verify_jwt(
         self, token: str, *, session_id: str | None = None, nonce: str | None = None
     ) -> dict[str, Any]:
-        """Verify the header (``alg`` ES256 only, ``typ`` JWT: the operator's other tokens,
-        such as the phone's credential, are typed otherwise), the signature, ``iss``, ``aud``,
+        """Verify the header (exactly ``alg`` ES256, ``typ`` JWT and ``kid``: see
+        :class:`IdTokenRegistry`), the signature, strict JSON throughout, ``iss``, ``aud``,
         ``exp``, and ``sid``/``nonce`` if given; return the claims."""
         try:
-            header = jws.extract_compact(token.encode("ascii")).headers()
-        except (JoseError, ValueError, UnicodeError) as exc:
-            raise ResultError("invalid_jwt", "malformed") from exc
-        kid = header.get("kid")
-        if header.get("alg") != "ES256" or header.get("typ") != "JWT" or not isinstance(kid, str):
-            raise ResultError("invalid_jwt", "unexpected header")
-        key = await self.jwks.key(kid)
+            header = _header(token)
+        except (JoseError, ValueError, UnicodeError, TypeError) as exc:
+            raise ResultError("invalid_jwt", "unexpected header") from exc
+        key = await self.jwks.key(header["kid"])
         try:
-            decoded = jwt.decode(token, key, algorithms=["ES256"])
+            decoded = jwt.decode(token, key, registry=_REGISTRY, decoder_cls=StrictJSONDecoder)
             options: dict[str, Any] = {
                 "iss": {"essential": True, "value": self.issuer},
                 "aud": {"essential": True, "value": self.audience},
