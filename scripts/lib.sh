@@ -1,8 +1,181 @@
-# Shared by scripts/run, scripts/test and scripts/bench: a project virtualenv kept in .venv.
+# Shared by scripts/run, scripts/test and scripts/bench: what a script needs from the system,
+# and a project virtualenv kept in .venv.
 # shellcheck shell=bash
 
 repo_root() { cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd; }
 
+SCRIPT="./scripts/$(basename "$0")"
+
+# ------------------------------------------------------------------------- system packages
+# need KIND PACKAGE PROBE WHY: one thing the script needs, one line each. PACKAGE is what gets
+# installed, PROBE the command whose presence means it is there already (sbin directories are
+# searched too), WHY is printed by --check. KIND says who installs it: install_KIND PACKAGE...
+NEED_KIND=()
+NEED_PACKAGE=()
+NEED_PROBE=()
+NEED_WHY=()
+need() {
+  NEED_KIND+=("$1")
+  NEED_PACKAGE+=("$2")
+  NEED_PROBE+=("$3")
+  NEED_WHY+=("$4")
+}
+
+have() { PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1; }
+
+# prepare EXTRAS [--check]: with --check, print what the script needs and whether it is there,
+# install nothing, and exit (status 1 when something is missing). Otherwise install the
+# missing packages, then the virtualenv with the project's EXTRAS.
+prepare() {
+  local extras="$1"
+  if [ "${2:-}" = "--check" ]; then
+    print_needs "$extras"
+    exit $?
+  fi
+  local kind i packages
+  for kind in $(printf '%s\n' "${NEED_KIND[@]}" | sort -u); do
+    packages=()
+    for i in "${!NEED_KIND[@]}"; do
+      if [ "${NEED_KIND[$i]}" = "$kind" ] && ! have "${NEED_PROBE[$i]}"; then
+        packages+=("${NEED_PACKAGE[$i]}")
+      fi
+    done
+    if [ "${#packages[@]}" -gt 0 ]; then
+      "install_$kind" "${packages[@]}"
+    fi
+  done
+  ensure_venv "$extras"
+}
+
+print_needs() {
+  local extras="$1" i state missing=()
+  if [ "${#NEED_KIND[@]}" -eq 0 ]; then
+    echo "$SCRIPT installs no system package."
+  else
+    echo "$SCRIPT needs these, and installs the missing ones:"
+    for i in "${!NEED_KIND[@]}"; do
+      state=present
+      have "${NEED_PROBE[$i]}" || { state=missing; missing+=("$i"); }
+      printf '  %-4s %-13s %-8s %s\n' "${NEED_KIND[$i]}" "${NEED_PACKAGE[$i]}" "$state" "${NEED_WHY[$i]}"
+    done
+    if printf '%s\n' "${NEED_KIND[@]}" | grep -qx apt; then
+      echo "apt-get runs as root (or through sudo); apt-get update only when apt's lists lack a package."
+    fi
+  fi
+  local py
+  if py=$(pick_python 2>/dev/null); then
+    echo "It needs $py ($("$py" -c 'import sys; print(sys.version.split()[0])')) and makes .venv with it."
+  else
+    echo "It needs Python 3.11 or newer, which is missing (Debian: apt-get install python3 python3-venv)."
+  fi
+  echo "pip installs the project${extras:+ with its [$extras] extras} (pyproject.toml) into .venv."
+  [ "${#missing[@]}" -gt 0 ] || return 0
+  local kind packages
+  for kind in $(for i in "${missing[@]}"; do echo "${NEED_KIND[$i]}"; done | sort -u); do
+    packages=()
+    for i in "${missing[@]}"; do
+      if [ "${NEED_KIND[$i]}" = "$kind" ]; then packages+=("${NEED_PACKAGE[$i]}"); fi
+    done
+    echo "To install the missing ones yourself: $("command_$kind" "${packages[@]}")"
+  done
+  return 1
+}
+
+# ------------------------------------------------------------------------------------ apt
+# Another apt process (an unattended upgrade, a second terminal) may hold apt's locks: wait for
+# them up to APT_LOCK_TIMEOUT seconds (default 300). SUDO is the command that runs apt-get when
+# not root (default sudo; set but empty, apt-get runs as the current user).
+# What apt-get says when another process holds a lock (not when this user may not take it).
+APT_LOCKED='It is held by process|Resource temporarily unavailable|is another process using it'
+
+apt_sudo() {
+  if [ -n "${SUDO+set}" ]; then
+    echo "$SUDO"
+  elif [ "$(id -u)" -ne 0 ]; then
+    echo sudo
+  fi
+}
+
+# command_apt PACKAGE...: the command that installs them, as a user would type it.
+command_apt() {
+  local sudo
+  sudo=$(apt_sudo)
+  echo "${sudo:+$sudo }apt-get install --no-install-recommends $*"
+}
+
+# install_apt PACKAGE...: install Debian packages; apt-get update only when the current lists
+# cannot provide them. On failure, say what is missing and what to run, and exit.
+install_apt() {
+  local timeout="${APT_LOCK_TIMEOUT:-300}" sudo
+  sudo=$(apt_sudo)
+  case "$timeout" in '' | *[!0-9]*) apt_failed "APT_LOCK_TIMEOUT must be a number of seconds, not '$timeout'" "$@" ;; esac
+  have apt-get || apt_failed "apt-get is not available here: install them with this system's package manager (the names are Debian's)" "$@"
+  if [ -n "$sudo" ] && ! have "${sudo%% *}"; then
+    apt_failed "installing them needs root, and '${sudo%% *}' is not available: run $SCRIPT as root, or set SUDO" "$@"
+  fi
+  echo "$SCRIPT: installing $* with apt-get (another apt process's locks are waited for up to ${timeout}s)" >&2
+  APT_DEADLINE=$(($(date +%s) + timeout))
+  APT_LOG=$(mktemp)
+  if ! apt_get install --no-install-recommends "$@"; then
+    if apt_locked || ! apt_get update || ! apt_get install --no-install-recommends "$@"; then
+      if apt_locked; then
+        apt_failed "another apt process still held a lock after ${timeout}s ($(apt_lock_line)); wait for it to finish, or set APT_LOCK_TIMEOUT to wait longer" "$@"
+      fi
+      apt_failed "apt-get failed: $(grep -E '^(E|W): ' "$APT_LOG" | tr '\n' ' ' | sed 's/ $//')" "$@"
+    fi
+  fi
+  rm -f "$APT_LOG"
+}
+
+# apt_get ARG...: apt-get ARG..., again while another process holds a lock and the deadline has
+# not passed. apt-get waits for the dpkg lock itself; it does not for the lists' lock.
+apt_get() {
+  local patience=0 told=""
+  while :; do
+    # shellcheck disable=SC2046 # SUDO may be a command with arguments
+    if $(apt_sudo) env LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get -q -y \
+      -o DPkg::Lock::Timeout="$patience" "$@" >"$APT_LOG" 2>&1; then
+      return 0
+    fi
+    apt_locked || return 1
+    patience=$((APT_DEADLINE - $(date +%s)))
+    [ "$patience" -gt 0 ] || return 1
+    if [ -z "$told" ]; then
+      echo "$SCRIPT: waiting for another apt process (up to ${patience}s): $(apt_lock_line)" >&2
+      told=1
+    fi
+    sleep 1
+  done
+}
+
+apt_locked() { grep -qE "$APT_LOCKED" "$APT_LOG"; }
+
+# apt_lock_line: apt-get's words for the lock and who holds it.
+apt_lock_line() {
+  { grep -E "^(E: |Waiting for cache lock: )?Could not get lock" "$APT_LOG" || grep -E "$APT_LOCKED" "$APT_LOG"; } |
+    head -n 1 | sed -e 's/^E: //' -e 's/^Waiting for cache lock: //' -e 's/[.]*$//'
+}
+
+# apt_failed REASON PACKAGE...: say what is missing, why, and what to run; exit 1.
+apt_failed() {
+  local reason="$1" package i
+  shift
+  [ -z "${APT_LOG:-}" ] || rm -f "$APT_LOG"
+  {
+    echo "$SCRIPT could not install $*: $reason."
+    echo "What they are for:"
+    for package in "$@"; do
+      for i in "${!NEED_PACKAGE[@]}"; do
+        [ "${NEED_PACKAGE[$i]}" != "$package" ] || echo "  $package: ${NEED_WHY[$i]}"
+      done
+    done
+    echo "Install them yourself, then run $SCRIPT again:"
+    echo "  $(command_apt "$@")"
+  } >&2
+  exit 1
+}
+
+# ------------------------------------------------------------------------------ virtualenv
 pick_python() {
   for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
     [ -n "$candidate" ] || continue
@@ -34,14 +207,4 @@ ensure_venv() {
     "$root/.venv/bin/python" -c "import idtoken" # fail here if the install did not work
     echo "$want" >"$stamp"
   fi
-}
-
-# apt_install PACKAGE...: install Debian packages that are missing (root or sudo).
-apt_install() {
-  [ "$#" -gt 0 ] || return 0
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "installing system packages: $*" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
