@@ -193,6 +193,10 @@ def enroll(pages: Pages, token_id: str | None = None, **identity: str) -> tuple[
 def start_login(pages: Pages, token: str, service: str, scopes: tuple[str, ...] = ()) -> Page:
     """Open the relying-party page, log in with ``token``; returns the page showing the code."""
     rp = pages.open("/demo/", DESKTOP)
+    # Each service once, its code mode said once.
+    expect(rp.locator("#service option")).to_have_text(
+        ["Demo Shop (code on phone)", "Demo Bank (typed code)"]
+    )
     # Prefilled from the phone's enrollment (same browser, localStorage) — typed anyway.
     expect(rp.locator("#token-id")).to_have_value(token)
     rp.locator("#token-id").fill(token)
@@ -225,6 +229,11 @@ def test_display_mode_login_shows_verified_claims(pages: Pages) -> None:
     code = rp.locator("#otp").get_attribute("data-otp")
     assert code is not None and OTP.match(code)
     expect(rp.locator("#waiting-title")).to_have_text("Approve on your phone")
+    # The demo's phone is a browser tab, not an app.
+    expect(rp.locator("#waiting-text")).to_have_text(
+        "Open the phone page: Demo Shop asks you to sign in. Check that it shows the same code,"
+        " then approve."
+    )
     pages.shot(rp, "4-rp-code")
 
     request_card(phone, "Demo Shop")
@@ -279,8 +288,13 @@ def test_typed_mode_login_with_a_withheld_scope(pages: Pages) -> None:
     assert code is not None and OTP.match(code)
     pages.shot(rp, "4-rp-code")
 
-    request_card(phone, "Demo Bank (typed code)")
+    expect(rp.locator("#waiting-text")).to_have_text(
+        "Open the phone page: Demo Bank asks you to sign in. Type the code below there, then"
+        " approve."
+    )
+    request_card(phone, "Demo Bank")
     card = phone.locator("article.request")
+    expect(card.locator(".label", has_text="Share with")).to_have_text("Share with Demo Bank")
     expect(card.locator(".code")).to_have_count(0)  # typed mode: the phone never sees the code
     field = card.locator("input.code-input")
     # A mistyped code is refused and the request stays open.

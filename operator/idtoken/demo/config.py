@@ -36,7 +36,7 @@ session_ttl = 120
 
 [[services]]
 id = "demo-typed"
-name = "Demo Bank (typed code)"
+name = "Demo Bank"
 allowed_scopes = ["identity:name", "identity:age_over_18", "identity:trust_level", "identity:basic"]
 default_scopes = ["identity:basic"]
 otp_mode = "typed"

@@ -127,8 +127,8 @@
     const typed = login.otpMode === "typed";
     $("waiting-title").textContent = typed ? "Type this code on your phone" : "Approve on your phone";
     $("waiting-text").textContent = typed
-      ? `Open the IDToken app: ${login.serviceName} asks you to sign in. Type the code below there, then approve.`
-      : `Open the IDToken app: ${login.serviceName} asks you to sign in. Check that the phone shows the same code, then approve.`;
+      ? `Open the phone page: ${login.serviceName} asks you to sign in. Type the code below there, then approve.`
+      : `Open the phone page: ${login.serviceName} asks you to sign in. Check that it shows the same code, then approve.`;
     $("code-label").textContent = typed ? "Type this code" : "Your phone shows";
     renderCode($("otp"), login.autoPassword);
     $("waiting-meta").replaceChildren(
