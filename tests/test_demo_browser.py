@@ -12,6 +12,7 @@ Screenshots of both pages at each step go to ``test-output/screenshots/``.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -363,6 +364,24 @@ def test_unanswered_request_expires_on_both_pages(
         context.close()
         proc.stop()
     assert not pages.errors, pages.errors
+
+
+def test_the_bare_address_leads_to_the_demo(demo: OperatorProcess) -> None:
+    with httpx.Client(base_url=demo.url, timeout=10) as http:
+        for method in ("GET", "HEAD"):
+            resp = http.request(method, "/")
+            assert resp.status_code == 302, method
+            assert resp.headers["location"] == "/demo/"
+        page = http.get("/", follow_redirects=True)
+        assert page.status_code == 200 and "Log in with IDToken" in page.text
+
+
+def test_the_demo_warning_is_logged_once(demo: OperatorProcess) -> None:
+    lines = [line for line in demo.logs().splitlines() if "demo pages enabled" in line]
+    assert len(lines) == 1, lines
+    entry = json.loads(lines[0])
+    assert entry["level"] == "warning" and entry["logger"] == "idtoken"
+    assert "never enable [demo] in production" in entry["msg"]
 
 
 # ----------------------------------------------------------------------------- the backend

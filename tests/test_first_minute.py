@@ -1,4 +1,5 @@
-"""What a new user meets first: the scripts' installs (and another apt process in the way).
+"""What a new user meets first: the scripts' installs (and another apt process in the way),
+and the operator's bare address.
 
 The scripts run for real, with real apt-get, against an apt of their own: ``APT_CONFIG`` points
 apt's root directory (``Dir``) at a temporary tree with no package sources, so its locks are
@@ -18,9 +19,11 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from conftest import Operator
 from support import REPO
 
 
@@ -230,3 +233,24 @@ def test_without_a_usable_apt_get_the_script_says_what_to_do(
     assert "redis-tools: the Sentinel and Cluster tests" in done.stdout
     assert "apt-get install --no-install-recommends redis-tools\n" in done.stdout
     assert not any(apt.lock(name).exists() for name in LOCKS)
+
+
+# ----------------------------------------------------------------------------- GET /
+async def test_the_bare_address_points_at_discovery_and_the_docs(operator: Operator) -> None:
+    resp = await operator.http.get("/")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "application/json"
+    body = resp.json()
+    issuer = operator.settings.issuer
+    assert body["issuer"] == issuer
+    assert body["openid_configuration"] == f"{issuer}/.well-known/openid-configuration"
+    assert body["openapi"] == f"{issuer}/openapi.json"
+    assert "docs/" in body["documentation"]
+    # Each address it names answers.
+    disco = await operator.http.get(urlsplit(body["openid_configuration"]).path)
+    assert disco.status_code == 200 and disco.json()["issuer"] == issuer
+    assert (await operator.http.get(urlsplit(body["openapi"]).path)).json()["openapi"]
+    head = await operator.http.head("/")
+    assert head.status_code == 200 and head.content == b""
+    # Without [demo], there is no demo to lead to.
+    assert (await operator.http.get("/demo/")).status_code == 404

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from idtoken.api import health, mobile, openapi, rp, wellknown, ws
+from idtoken.api import health, mobile, openapi, root, rp, wellknown, ws
 from idtoken.api.responses import EXCEPTION_HANDLERS
 from idtoken.api.runtime import Runtime
 from idtoken.clock import Clock, SystemClock
@@ -111,6 +111,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await rt.store.start()
+        if settings.demo.enabled:  # said as the server starts, not by each build of the app
+            log.warning("demo pages enabled at /demo/: never enable [demo] in production")
         try:
             yield
         finally:
@@ -140,12 +142,12 @@ def create_app(
         Route("/readyz", health.readyz, methods=["GET", "HEAD"]),
         Route("/metrics", health.metrics, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+        Route("/", root.root, methods=["GET", "HEAD"]),
     ]
     if settings.demo.enabled:
         # Development only: the demo pages and the demo issuer's token minting.
         from idtoken.demo.routes import demo_routes
 
-        log.warning("demo pages enabled at /demo/: never enable [demo] in production")
         routes += demo_routes()
     app = OperatorApp(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.runtime = rt
