@@ -16,16 +16,20 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from idtoken.api import health, mobile, openapi, root, rp, wellknown, ws
+from idtoken.api import oidc as oidc_api
 from idtoken.api.responses import EXCEPTION_HANDLERS
 from idtoken.api.runtime import Runtime
 from idtoken.clock import Clock, SystemClock
 from idtoken.enrollment.issuers import load_static_issuer
 from idtoken.enrollment.kyc import KycIssuer, load_kyc_issuer
 from idtoken.enrollment.service import EnrollmentIssuer, EnrollmentService
+from idtoken.errors import ConfigError
 from idtoken.keys import signing
 from idtoken.login import LoginService
 from idtoken.logs import install_redaction
 from idtoken.metrics import Metrics
+from idtoken.oidc.runtime import OidcGrants, OidcRuntime
+from idtoken.oidc.secret import SecretError, load_or_create_secret
 from idtoken.push.base import Notifier, PushResult, PushSubscription
 from idtoken.push.dispatch import PushDispatcher
 from idtoken.push.vapid import load_or_create_vapid_key, vapid_public_key_b64
@@ -94,7 +98,15 @@ def create_app(
 
     metrics = Metrics()
     dispatcher = PushDispatcher(notifier, on_result=on_push_result)
-    login = LoginService(settings, store, keys, clock, dispatcher, metrics)
+    try:
+        secret = load_or_create_secret(settings.oidc.secret_key_file)
+    except SecretError as exc:
+        raise ConfigError("oidc.secret_key_file", str(exc)) from None
+    grants = OidcGrants(settings, keys, secret)
+    login = LoginService(
+        settings, store, keys, clock, dispatcher, metrics, grant_makers=grants.makers()
+    )
+    oidc = OidcRuntime(settings, store, clock, grants, login, metrics)
     rt = Runtime(
         settings=settings,
         clock=clock,
@@ -105,6 +117,7 @@ def create_app(
         dispatcher=dispatcher,
         vapid_public_key=vapid_public_key_b64(vapid_key),
         metrics=metrics,
+        oidc=oidc,
     )
     rt.discovery_body = wellknown.discovery_document(settings, rt.vapid_public_key)
 
@@ -131,6 +144,14 @@ def create_app(
         Route("/auth/reject", mobile.reject, methods=["POST"]),
         Route("/auth/pending", mobile.pending, methods=["POST"]),
         Route("/device/subscription", mobile.device_subscription, methods=["POST"]),
+        Route("/authorize", oidc_api.authorize, methods=["GET", "POST"]),
+        Route("/authorize/session", oidc_api.authorize_session, methods=["POST"]),
+        Route("/authorize/complete", oidc_api.authorize_complete, methods=["POST"]),
+        Route("/authorize/static/{name}", oidc_api.authorize_static, methods=["GET"]),
+        Route("/token", oidc_api.with_cors(oidc_api.token), methods=["POST"]),
+        Route("/token", oidc_api.preflight, methods=["OPTIONS"]),
+        Route("/userinfo", oidc_api.with_cors(oidc_api.userinfo), methods=["GET", "POST"]),
+        Route("/userinfo", oidc_api.preflight, methods=["OPTIONS"]),
         Route("/.well-known/jwks.json", wellknown.jwks, methods=["GET", "HEAD"]),
         Route(
             "/.well-known/openid-configuration",

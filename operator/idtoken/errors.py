@@ -41,6 +41,14 @@ class RequestTooLarge(OperatorError):
     code, status = "request_too_large", 413
 
 
+class RequestLineTooLong(OperatorError):
+    code, status = "request_line_too_long", 414
+
+
+class RequestHeaderTooLarge(OperatorError):
+    code, status = "request_header_too_large", 431
+
+
 class UnsupportedMediaType(OperatorError):
     code, status = "unsupported_media_type", 415
 
@@ -121,6 +129,10 @@ class SessionExpired(OperatorError):
     code, status = "session_expired", 410
 
 
+class InsufficientTrustLevel(OperatorError):
+    code, status = "insufficient_trust_level", 403
+
+
 class InvalidOtp(OperatorError):
     code, status = "invalid_otp", 400
 
@@ -139,6 +151,45 @@ class Unauthorized(OperatorError):
 
 class ServerError(OperatorError):
     code, status = "server_error", 500
+
+
+# ---- OAuth 2.0 / OpenID Connect / CIBA codes (RFC 6749 §5.2, RFC 6750 §3.1, CIBA §11, §13)
+class InvalidGrant(OperatorError):
+    code, status = "invalid_grant", 400
+
+
+class UnsupportedGrantType(OperatorError):
+    code, status = "unsupported_grant_type", 400
+
+
+class UnauthorizedClient(OperatorError):
+    code, status = "unauthorized_client", 400
+
+
+class AuthorizationPending(OperatorError):
+    code, status = "authorization_pending", 400
+
+
+class SlowDown(OperatorError):
+    code, status = "slow_down", 400
+
+
+class ExpiredToken(OperatorError):
+    code, status = "expired_token", 400
+
+
+class AccessDenied(OperatorError):
+    code, status = "access_denied", 400
+
+
+class InvalidToken(OperatorError):
+    """A Bearer token refused at ``/userinfo`` (RFC 6750 §3.1): 401 with a challenge."""
+
+    code, status = "invalid_token", 401
+
+
+class InvalidBindingMessage(OperatorError):
+    code, status = "invalid_binding_message", 400
 
 
 class ConfigError(Exception):

@@ -153,14 +153,16 @@ class LoginService:
         *,
         door: Door | None = None,
     ) -> Initiated:
-        requested = scopes or service.default_scopes
+        door = door or IDTOKEN_DOOR
+        # An empty list means the service's defaults on /auth/initiate; the standard doors
+        # ask for exactly what their scope parameter says (openid alone: no claims).
+        requested = scopes or (service.default_scopes if door.kind == "idtoken" else ())
         for scope in requested:
             if scope not in KNOWN_SCOPES or scope not in service.allowed_scopes:
                 raise InvalidScope("a requested scope is not allowed for this service")
         now = self._clock.now()
         fresh = ids.new_session_secrets()
         ws_token = fresh.ws_token
-        door = door or IDTOKEN_DOOR
         session = SessionRecord(
             session_id=fresh.session_id,
             token_id=token_id,

@@ -91,6 +91,23 @@ class Metrics:
             "Requests that failed because the store was unreachable",
             registry=r,
         )
+        self.client_auth_failures = Counter(
+            "idtoken_client_auth_failures_total",
+            "Failed client authentications (initiate, token and backchannel endpoints)",
+            registry=r,
+        )
+        self.tokens_issued = Counter(
+            "idtoken_oidc_tokens_total",
+            "Token responses handed out at the token endpoint, by grant type",
+            ["grant_type"],
+            registry=r,
+        )
+        self.pings = Counter(
+            "idtoken_ciba_pings_total",
+            "CIBA ping notifications, by outcome (delivered, retried, gave_up)",
+            ["outcome"],
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         """The text format of every metric (of every worker in multi-process mode)."""

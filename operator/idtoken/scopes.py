@@ -26,6 +26,7 @@ __all__ = [
     "EU_MEMBER_STATES",
     "KNOWN_SCOPES",
     "SCOPE_CLAIMS",
+    "SCOPE_LABELS",
     "SCOPE_PATTERN",
     "SUPPORTED_CLAIMS",
     "ScopeError",
@@ -78,6 +79,30 @@ COMPOSITES: Mapping[str, tuple[str, ...]] = MappingProxyType(
 
 KNOWN_SCOPES: frozenset[str] = frozenset(SCOPE_CLAIMS) | frozenset(COMPOSITES)
 """Every scope the operator understands, composites included."""
+
+SCOPE_LABELS: Mapping[str, str] = MappingProxyType(
+    {
+        "identity:name": "Full name",
+        "identity:given_name": "Given name",
+        "identity:family_name": "Family name",
+        "identity:date_of_birth": "Date of birth",
+        "identity:nationality": "Nationality",
+        "identity:document": "Identity document",
+        "identity:trust_level": "Trust level",
+        "identity:age_over_18": "Over 18 (yes/no)",
+        "identity:age_over_21": "Over 21 (yes/no)",
+        "identity:age_over_25": "Over 25 (yes/no)",
+        "identity:age_range": "Age range",
+        "identity:is_eu_citizen": "EU citizen (yes/no)",
+        "identity:name_initial": "Initials",
+        "identity:email": "Email address",
+        "identity:phone": "Phone number",
+        "identity:basic": "Name and trust level",
+        "identity:age_verification": "Over 18 and name",
+        "identity:full": "Full identity",
+    }
+)
+"""What each scope releases, in words a user reads before consenting."""
 
 CLAIM_NAMES: frozenset[str] = frozenset(
     {

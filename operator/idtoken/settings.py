@@ -22,20 +22,34 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from websockets.http11 import MAX_LINE_LENGTH as WS_MAX_LINE_LENGTH
+from websockets.http11 import MAX_NUM_HEADERS as WS_MAX_NUM_HEADERS
+
 from idtoken.errors import ConfigError
 from idtoken.ids import ID_PATTERN
 from idtoken.scopes import KNOWN_SCOPES
 from idtoken.store.connect import RedisUrlError, TlsFiles, parse_redis_url
-from idtoken.urls import PUBLIC_ONLY, AddressPolicy, is_loopback_host
+from idtoken.urls import (
+    PUBLIC_ONLY,
+    AddressPolicy,
+    is_loopback_host,
+    notification_endpoint_problem,
+    redirect_uri_problem,
+)
 
 ENV_CONFIG = "IDTOKEN_CONFIG"
 ENV_REDIS_URL = "IDTOKEN_REDIS_URL"
 ENV_ISSUER = "IDTOKEN_ISSUER"
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_HOST = re.compile(r"\A[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\Z")
 
 OtpMode = Literal["display", "typed"]
 IssuerFormat = Literal["jwt", "uqudo"]
+AuthMethod = Literal["client_secret_basic", "client_secret_post", "none"]
+SubjectType = Literal["public", "pairwise"]
+DeliveryMode = Literal["poll", "ping"]
+AUTH_METHODS: tuple[AuthMethod, ...] = ("client_secret_basic", "client_secret_post", "none")
 
 
 @dataclass(frozen=True)
@@ -52,10 +66,30 @@ class ServiceSettings:
     otp_mode: OtpMode = "display"
     session_ttl: int = 60
     token_ttl: int = 3600
+    hide_unknown_tokens: bool = False
+    # OpenID Connect and CIBA client registration (the client id is the service id).
+    redirect_uris: tuple[str, ...] = ()
+    token_endpoint_auth_method: AuthMethod = "none"  # noqa: S105 - a method's name
+    subject_type: SubjectType = "public"
+    sector_identifier: str | None = None
+    backchannel_token_delivery_mode: DeliveryMode | None = None
+    backchannel_client_notification_endpoint: str | None = None
 
     @property
     def is_public(self) -> bool:
         return self.client_secret_sha256 is None
+
+    @property
+    def sector(self) -> str:
+        """Where pairwise subjects are computed for (OpenID Connect Core §8.1): the
+        configured sector identifier, else the one host of the redirect URIs, else the host
+        of the CIBA notification endpoint, else the client id."""
+        if self.sector_identifier is not None:
+            return self.sector_identifier
+        for uri in (*self.redirect_uris, self.backchannel_client_notification_endpoint):
+            if uri is not None:
+                return urlsplit(uri).hostname or self.id
+        return self.id
 
 
 @dataclass(frozen=True)
@@ -106,9 +140,33 @@ class EnrollmentSettings:
 
 
 @dataclass(frozen=True)
+class ServerSettings:
+    """Bounds on a request's head, enforced while it is parsed (:mod:`idtoken.httplimits`).
+    A line is counted without its CRLF, a header as ``name: value``."""
+
+    max_request_line: int = 8190
+    max_header_line: int = 8190
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+
+
+@dataclass(frozen=True)
 class DemoSettings:
     enabled: bool = False
     issuer_private_key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    """OpenID Connect and CIBA: the operator secret and the lifetimes of what they hand out."""
+
+    secret_key_file: Path
+    code_ttl: int = 60
+    request_ttl: int = 600
+    ciba_interval: int = 5
+    ciba_max_interval: int = 60
+    ping_retry_seconds: int = 120
+    ping_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +184,8 @@ class Settings:
     enrollment_issuers: tuple[IssuerSettings, ...] = ()
     enrollment: EnrollmentSettings = field(default_factory=EnrollmentSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    oidc: OidcSettings = field(default_factory=lambda: OidcSettings(Path("var/secret.key")))
     source: Path | None = None
 
     @property
@@ -188,6 +248,8 @@ def parse_settings(
         "enrollment_issuers",
         "enrollment",
         "demo",
+        "server",
+        "oidc",
     )
     issuer = env.get(ENV_ISSUER) or t.get_str("issuer", required=True)
     _check_issuer_url("issuer", issuer)
@@ -215,7 +277,7 @@ def parse_settings(
 
     services: dict[str, ServiceSettings] = {}
     for i, st in enumerate(t.tables("services")):
-        svc = _parse_service(st)
+        svc = _parse_service(st, push.endpoint_policy)
         if svc.id in services:
             raise ConfigError(f"services[{i}].id", f"duplicate service id {svc.id!r}")
         services[svc.id] = svc
@@ -272,6 +334,18 @@ def parse_settings(
         issuer_private_key_file=dt.opt_path("issuer_private_key_file"),
     )
 
+    svt = t.table("server")
+    sv = ServerSettings()
+    svt.allow(*sv.__dataclass_fields__)
+    # A WebSocket handshake is parsed once more by websockets, whose own limits cap these.
+    longest_line = WS_MAX_LINE_LENGTH - 2  # websockets counts the CRLF
+    server = ServerSettings(
+        max_request_line=svt.get_int("max_request_line", sv.max_request_line, 1024, longest_line),
+        max_header_line=svt.get_int("max_header_line", sv.max_header_line, 1024, longest_line),
+        max_header_bytes=svt.get_int("max_header_bytes", sv.max_header_bytes, 4096, 1 << 20),
+        max_headers=svt.get_int("max_headers", sv.max_headers, 32, WS_MAX_NUM_HEADERS),
+    )
+
     return Settings(
         issuer=issuer.rstrip("/"),
         redis_url=redis_url,
@@ -286,11 +360,30 @@ def parse_settings(
         enrollment_issuers=tuple(issuers),
         enrollment=enrollment,
         demo=demo,
+        server=server,
+        oidc=_parse_oidc(t.table("oidc")),
         source=source,
     )
 
 
-def _parse_service(t: _Table) -> ServiceSettings:
+def _parse_oidc(t: _Table) -> OidcSettings:
+    d = OidcSettings(Path("var/secret.key"))
+    t.allow(*d.__dataclass_fields__)
+    oidc = OidcSettings(
+        secret_key_file=t.path("secret_key_file", default="var/secret.key"),
+        code_ttl=t.get_int("code_ttl", d.code_ttl, 10, 60),
+        request_ttl=t.get_int("request_ttl", d.request_ttl, 60, 3600),
+        ciba_interval=t.get_int("ciba_interval", d.ciba_interval, 1, 60),
+        ciba_max_interval=t.get_int("ciba_max_interval", d.ciba_max_interval, 5, 600),
+        ping_retry_seconds=t.get_int("ping_retry_seconds", d.ping_retry_seconds, 10, 3600),
+        ping_timeout=t.get_float("ping_timeout", d.ping_timeout, 0.5, 30.0),
+    )
+    if oidc.ciba_max_interval < oidc.ciba_interval:
+        raise ConfigError(t.key("ciba_max_interval"), "must not be below ciba_interval")
+    return oidc
+
+
+def _parse_service(t: _Table, push_policy: AddressPolicy) -> ServiceSettings:
     t.allow(
         "id",
         "name",
@@ -302,6 +395,13 @@ def _parse_service(t: _Table) -> ServiceSettings:
         "otp_mode",
         "session_ttl",
         "token_ttl",
+        "hide_unknown_tokens",
+        "redirect_uris",
+        "token_endpoint_auth_method",
+        "subject_type",
+        "sector_identifier",
+        "backchannel_token_delivery_mode",
+        "backchannel_client_notification_endpoint",
     )
     sid = t.get_str("id", required=True)
     if not ID_PATTERN.match(sid):
@@ -345,7 +445,67 @@ def _parse_service(t: _Table) -> ServiceSettings:
         otp_mode="typed" if mode == "typed" else "display",
         session_ttl=t.get_int("session_ttl", 60, 10, 3600),
         token_ttl=t.get_int("token_ttl", 3600, 60, 86400),
+        hide_unknown_tokens=t.get_bool("hide_unknown_tokens", False),
+        **_parse_client(t, secret is not None, push_policy),
     )
+
+
+def _parse_client(t: _Table, has_secret: bool, push_policy: AddressPolicy) -> dict[str, Any]:
+    """The OpenID Connect / CIBA registration keys of a service."""
+    redirect_uris = tuple(t.str_list("redirect_uris"))
+    for uri in redirect_uris:
+        problem = redirect_uri_problem(uri)
+        if problem is not None:
+            raise ConfigError(t.key("redirect_uris"), f"{uri!r}: {problem}")
+    if len(set(redirect_uris)) != len(redirect_uris):
+        raise ConfigError(t.key("redirect_uris"), "lists a URI twice")
+    default_method = "client_secret_basic" if has_secret else "none"
+    method = t.get_str("token_endpoint_auth_method", default=default_method)
+    if method not in AUTH_METHODS:
+        raise ConfigError(t.key("token_endpoint_auth_method"), f"must be one of {AUTH_METHODS}")
+    if (method == "none") == has_secret:
+        raise ConfigError(
+            t.key("token_endpoint_auth_method"),
+            '"none" is for public clients (no client_secret_sha256); the others need a secret',
+        )
+    subject_type = t.get_str("subject_type", default="public")
+    if subject_type not in ("public", "pairwise"):
+        raise ConfigError(t.key("subject_type"), 'must be "public" or "pairwise"')
+    sector = t.opt_str("sector_identifier")
+    if sector is not None and not _HOST.match(sector):
+        raise ConfigError(t.key("sector_identifier"), "must be a host name (auth.example.com)")
+    hosts = {urlsplit(uri).hostname for uri in redirect_uris}
+    if subject_type == "pairwise" and sector is None and len(hosts) > 1:
+        raise ConfigError(
+            t.key("sector_identifier"),
+            "is needed for pairwise subjects when redirect_uris are on several hosts",
+        )
+    mode = t.opt_str("backchannel_token_delivery_mode")
+    if mode is not None and mode not in ("poll", "ping"):
+        raise ConfigError(t.key("backchannel_token_delivery_mode"), 'must be "poll" or "ping"')
+    if mode is not None and method == "none":
+        raise ConfigError(
+            t.key("backchannel_token_delivery_mode"),
+            "CIBA is for confidential clients: set client_secret_sha256",
+        )
+    endpoint = t.opt_str("backchannel_client_notification_endpoint")
+    key = t.key("backchannel_client_notification_endpoint")
+    if (mode == "ping") != (endpoint is not None):
+        raise ConfigError(
+            key, 'is required with backchannel_token_delivery_mode = "ping", only then'
+        )
+    if endpoint is not None:
+        problem = notification_endpoint_problem(endpoint, push_policy)
+        if problem is not None:
+            raise ConfigError(key, problem)
+    return {
+        "redirect_uris": redirect_uris,
+        "token_endpoint_auth_method": method,
+        "subject_type": subject_type,
+        "sector_identifier": sector,
+        "backchannel_token_delivery_mode": mode,
+        "backchannel_client_notification_endpoint": endpoint,
+    }
 
 
 def _parse_issuer(t: _Table) -> IssuerSettings:

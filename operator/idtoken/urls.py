@@ -6,6 +6,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 
 def is_loopback_host(host: str) -> bool:
@@ -144,3 +145,43 @@ def _carried_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
 
 PUBLIC_ONLY = AddressPolicy()
 """The default policy: public addresses only."""
+
+
+def redirect_uri_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot be a registered redirect URI, or None.
+
+    RFC 6749 §3.1.2 and the OAuth 2.0 Security BCP (RFC 9700 §4.1): an absolute URI without a
+    fragment, compared later as an exact string; ``https``, except plain ``http`` on a loopback
+    host for native and development clients (RFC 8252 §7.3). User information in the authority
+    is refused (it makes URIs that read as one host and go to another)."""
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return "not a valid URI"
+    if not parts.hostname or not uri.isascii() or any(c.isspace() or ord(c) < 0x21 for c in uri):
+        return "must be an absolute URI of printable ASCII"
+    if "#" in uri:
+        return "must not have a fragment"
+    if "@" in parts.netloc:
+        return "must not carry user information"
+    if parts.scheme == "https":
+        return None
+    if parts.scheme == "http" and is_loopback_host(parts.hostname):
+        return None
+    return "must be https:// (http:// only on a loopback host: 127.0.0.1, [::1], localhost)"
+
+
+def notification_endpoint_problem(uri: str, policy: AddressPolicy) -> str | None:
+    """Why ``uri`` cannot be a CIBA client notification endpoint, or None: an https URI (plain
+    http only on a loopback host) whose host the push address policy does not refuse
+    outright (names are checked again on what they resolve to, at every delivery)."""
+    problem = redirect_uri_problem(uri)
+    if problem is not None:
+        return problem
+    host = urlsplit(uri).hostname or ""
+    if not is_canonical_address(host):
+        return "must name its host, or give its address in the usual form"
+    if policy.refuses_host(host):
+        return "must not point at a private, loopback or reserved address"
+    return None

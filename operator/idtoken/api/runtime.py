@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import HTTPConnection
 
@@ -11,6 +12,7 @@ from idtoken.enrollment.service import EnrollmentService
 from idtoken.keys.signing import SigningKeys
 from idtoken.login import LoginService
 from idtoken.metrics import Metrics
+from idtoken.oidc.runtime import OidcRuntime
 from idtoken.push.dispatch import PushDispatcher
 from idtoken.settings import Settings
 from idtoken.store.base import Store
@@ -27,6 +29,8 @@ class Runtime:
     dispatcher: PushDispatcher | None
     vapid_public_key: str
     metrics: Metrics
+    oidc: OidcRuntime | None = None
+    ciba: Any = None
     discovery_body: bytes = b""
 
 

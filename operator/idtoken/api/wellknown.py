@@ -10,8 +10,11 @@ from starlette.responses import Response
 from starlette.types import Scope, Send
 
 from idtoken.api.runtime import Runtime, runtime
+from idtoken.oidc.authorize import PROMPTS
+from idtoken.oidc.claims import ACR_VALUES, ID_TOKEN_CLAIMS, OPENID, STANDARD_SCOPES
+from idtoken.oidc.exchange import AUTHORIZATION_CODE, CIBA_GRANT
 from idtoken.scopes import KNOWN_SCOPES, SUPPORTED_CLAIMS
-from idtoken.settings import Settings
+from idtoken.settings import AUTH_METHODS, Settings
 
 JWKS_MAX_AGE = 3600
 
@@ -50,10 +53,33 @@ def discovery_document(settings: Settings, vapid_public_key: str) -> bytes:
     doc: dict[str, Any] = {
         "issuer": base,
         "jwks_uri": f"{base}/.well-known/jwks.json",
-        "scopes_supported": sorted(KNOWN_SCOPES),
-        "claims_supported": list(SUPPORTED_CLAIMS),
+        # OpenID Connect Discovery 1.0 §3 and RFC 8414: the code flow with PKCE.
+        "authorization_endpoint": f"{base}/authorize",
+        "token_endpoint": f"{base}/token",
+        "userinfo_endpoint": f"{base}/userinfo",
+        "scopes_supported": [OPENID, *STANDARD_SCOPES, *sorted(KNOWN_SCOPES)],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": [AUTHORIZATION_CODE, CIBA_GRANT],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "subject_types_supported": ["public", "pairwise"],
         "id_token_signing_alg_values_supported": ["ES256"],
-        "subject_types_supported": ["public"],
+        "userinfo_signing_alg_values_supported": ["none"],
+        "acr_values_supported": list(ACR_VALUES),
+        # The ID token's own claims, then the IDToken protocol's `idtoken` object members.
+        "claims_supported": list(dict.fromkeys((*ID_TOKEN_CLAIMS, *SUPPORTED_CLAIMS))),
+        "claims_parameter_supported": False,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+        "require_request_uri_registration": False,
+        "authorization_response_iss_parameter_supported": True,
+        "prompt_values_supported": sorted(PROMPTS),
+        "ui_locales_supported": ["en"],
+        # OpenID CIBA Core 1.0 §4.
+        "backchannel_authentication_endpoint": f"{base}/bc-authorize",
+        "backchannel_token_delivery_modes_supported": ["poll", "ping"],
+        "backchannel_user_code_parameter_supported": False,
         "auth_initiate_endpoint": f"{base}/auth/initiate",
         "auth_verify_endpoint": f"{base}/auth/verify",
         "auth_reject_endpoint": f"{base}/auth/reject",

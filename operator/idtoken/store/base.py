@@ -134,6 +134,9 @@ class SessionRecord:
     decided_by: str | None = None
     """The nonce of the call that took the decision (to recognise one's own decision after a
     lost reply)."""
+    code: str | None = None
+    """OpenID Connect: the authorization code minted at the approval, sealed (the hosted page
+    collects it); written by :meth:`Store.approve` as the grant field ``code``."""
 
     def to_fields(self) -> dict[str, str]:
         fields = {
@@ -195,6 +198,7 @@ class SessionRecord:
             decoy=f.get("decoy") == "1",
             grant_hash=f.get("gh") or None,
             decided_by=f.get("by") or None,
+            code=f.get("code") or None,
         )
 
     @classmethod

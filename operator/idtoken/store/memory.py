@@ -254,6 +254,8 @@ class MemoryStore:
             self._grants.setdefault(session_id, {}).update(grant)  # keeps a CIBA poll's interval
             if "gh" in grant:
                 session = replace(session, grant_hash=grant["gh"])
+            if "code" in grant:
+                session = replace(session, code=grant["code"])
         self._finish(session, "approved", final, now, decided_by)
         self._devices[token_id] = replace(device, failed_verifications=0)
         self._pushes.pop(token_id, None)

@@ -1,0 +1,75 @@
+"""Reading ``application/x-www-form-urlencoded`` bodies (the token and backchannel
+endpoints, RFC 6749 §3.2) and query strings, before any work is done.
+
+The same limits as JSON bodies: 64 KiB, refused while the body streams in. The body must be
+UTF-8 and well formed; a parameter given twice is ``invalid_request`` (RFC 6749 §3.1, §3.2),
+and parameters without a value are treated as omitted (§3.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+
+from idtoken.api.body import MAX_BODY
+from idtoken.errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
+
+FORM = "application/x-www-form-urlencoded"
+
+
+async def read_limited(request: Request) -> bytes:
+    """The request body, refused with 413 once it passes :data:`MAX_BODY`."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest("invalid Content-Length")
+        if int(declared) > MAX_BODY:
+            raise RequestTooLarge("the request body is larger than 64 KiB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise RequestTooLarge("the request body is larger than 64 KiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """``name=value`` pairs of a form or query string; empty values left out."""
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False, errors="strict")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the parameters are not valid form encoding") from None
+    return [(name, value) for name, value in pairs if value != ""]
+
+
+def single(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The parameters as a mapping; a name given twice is ``invalid_request``."""
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        if name in out:
+            raise InvalidRequest(f"{_shown(name)} is given more than once")
+        out[name] = value
+    return out
+
+
+async def read_form(request: Request) -> Mapping[str, str]:
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != FORM:
+        raise UnsupportedMediaType(f"the request body must be {FORM}")
+    body = await read_limited(request)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the request body must be UTF-8") from None
+    if any(ord(c) < 0x20 for c in text):
+        raise InvalidRequest("the request body must not contain control characters")
+    return single(parse_pairs(text))
+
+
+def _shown(name: str) -> str:
+    shown = name[:40]
+    return repr(shown) if shown.isprintable() and shown.isascii() else "a parameter"

@@ -1,0 +1,1 @@
+"""OpenID Connect and OpenID CIBA: standard front doors onto the same login engine."""
