@@ -44,6 +44,9 @@ def test_scripts_run_on_a_fresh_clone_serves_the_demo(tmp_path: Path) -> None:
             time.sleep(0.5)
         assert status == 200, log.read_text(errors="replace")[-3000:]
         assert httpx.get(f"{base}/demo/phone", timeout=5).status_code == 200
+        # The bare address, the first one a newcomer tries, leads to the demo.
+        bare = httpx.get(f"{base}/", timeout=5)
+        assert bare.status_code == 302 and bare.headers["location"] == "/demo/"
         disco = httpx.get(f"{base}/.well-known/openid-configuration", timeout=5).json()
         assert disco["issuer"] == base
         printed = log.read_text(errors="replace")
