@@ -10,6 +10,7 @@ SCRIPT="./scripts/$(basename "$0")"
 # need KIND PACKAGE PROBE WHY: one thing the script needs, one line each. PACKAGE is what gets
 # installed, PROBE the command whose presence means it is there already (sbin directories are
 # searched too), WHY is printed by --check. KIND says who installs it: install_KIND PACKAGE...
+# installs, command_KIND PACKAGE... prints the command a user would run instead (apt below).
 NEED_KIND=()
 NEED_PACKAGE=()
 NEED_PROBE=()
@@ -41,6 +42,10 @@ prepare() {
       fi
     done
     if [ "${#packages[@]}" -gt 0 ]; then
+      if ! declare -F "install_$kind" >/dev/null; then
+        echo "$SCRIPT: scripts/lib.sh has no install_$kind for ${packages[*]}" >&2
+        exit 1
+      fi
       "install_$kind" "${packages[@]}"
     fi
   done
@@ -76,7 +81,11 @@ print_needs() {
     for i in "${missing[@]}"; do
       if [ "${NEED_KIND[$i]}" = "$kind" ]; then packages+=("${NEED_PACKAGE[$i]}"); fi
     done
-    echo "To install the missing ones yourself: $("command_$kind" "${packages[@]}")"
+    if declare -F "command_$kind" >/dev/null; then
+      echo "To install the missing ones yourself: $("command_$kind" "${packages[@]}")"
+    else
+      echo "Missing ($kind): ${packages[*]}"
+    fi
   done
   return 1
 }
