@@ -24,12 +24,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from idtoken.client import Device
 from idtoken.client.device import Enrollment
 from idtoken.device_messages import (
+    enroll_message,
     pending_message,
     reject_message,
     subscription_message,
     verify_message,
 )
-from idtoken.enrollment.service import enroll_message
 from idtoken.ids import result_hash
 from idtoken.keys.device import (
     DeviceKeyError,

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
+from idtoken.api import ciba as ciba_api
 from idtoken.api import health, mobile, openapi, root, rp, wellknown, ws
 from idtoken.api import oidc as oidc_api
 from idtoken.api.responses import EXCEPTION_HANDLERS
@@ -28,6 +29,8 @@ from idtoken.keys import signing
 from idtoken.login import LoginService
 from idtoken.logs import install_redaction
 from idtoken.metrics import Metrics
+from idtoken.oidc.ciba import Backchannel
+from idtoken.oidc.ping import PingDelivery
 from idtoken.oidc.runtime import OidcGrants, OidcRuntime
 from idtoken.oidc.secret import SecretError, load_or_create_secret
 from idtoken.push.base import Notifier, PushResult, PushSubscription
@@ -107,6 +110,10 @@ def create_app(
         settings, store, keys, clock, dispatcher, metrics, grant_makers=grants.makers()
     )
     oidc = OidcRuntime(settings, store, clock, grants, login, metrics)
+    ciba = Backchannel(settings, store, clock, login, grants.tokens, secret, metrics)
+    pings = PingDelivery(
+        settings, store, clock, login, ciba, metrics, settings.push.endpoint_policy
+    )
     rt = Runtime(
         settings=settings,
         clock=clock,
@@ -118,17 +125,22 @@ def create_app(
         vapid_public_key=vapid_public_key_b64(vapid_key),
         metrics=metrics,
         oidc=oidc,
+        ciba=ciba,
     )
     rt.discovery_body = wellknown.discovery_document(settings, rt.vapid_public_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await rt.store.start()
+        await oidc.start()
+        await pings.start()
         if settings.demo.enabled:  # said as the server starts, not by each build of the app
             log.warning("demo pages enabled at /demo/: never enable [demo] in production")
         try:
             yield
         finally:
+            await pings.aclose()
+            await oidc.aclose()
             await dispatcher.aclose()
             # Cancellations and audit lines owed after lost store replies get a moment.
             await login.followups.drain(timeout=2.0)
@@ -152,6 +164,7 @@ def create_app(
         Route("/token", oidc_api.preflight, methods=["OPTIONS"]),
         Route("/userinfo", oidc_api.with_cors(oidc_api.userinfo), methods=["GET", "POST"]),
         Route("/userinfo", oidc_api.preflight, methods=["OPTIONS"]),
+        Route("/bc-authorize", ciba_api.bc_authorize, methods=["POST"]),
         Route("/.well-known/jwks.json", wellknown.jwks, methods=["GET", "HEAD"]),
         Route(
             "/.well-known/openid-configuration",

@@ -54,6 +54,15 @@ class Decisions:
         self._clock = clock
         self._metrics = metrics
         self.followups = Followups(clock)
+        self._watchers: list[Callable[[SessionRecord], None]] = []
+
+    def watch(self, watcher: Callable[[SessionRecord], None]) -> None:
+        """Call ``watcher`` with every session this instance decides (CIBA pings)."""
+        self._watchers.append(watcher)
+
+    def _decided(self, session: SessionRecord) -> None:
+        for watcher in self._watchers:
+            watcher(session)
 
     async def decide(
         self, session: SessionRecord, op: Callable[[str], Awaitable[Transition]]
@@ -84,6 +93,7 @@ class Decisions:
         return current
 
     def approved(self, session: SessionRecord, now: float) -> None:
+        self._decided(session)
         self._metrics.approved.labels(session.service_id).inc()
         self._metrics.decision_seconds.labels(session.service_id).observe(now - session.created_at)
         logs.event(
@@ -91,6 +101,7 @@ class Decisions:
         )
 
     def rejected(self, session: SessionRecord, reason: str, now: float, **fields: Any) -> None:
+        self._decided(session)
         self._metrics.rejected.labels(session.service_id, reason).inc()
         self._metrics.decision_seconds.labels(session.service_id).observe(now - session.created_at)
         logs.event(
@@ -103,6 +114,7 @@ class Decisions:
         )
 
     def expired(self, session: SessionRecord) -> None:
+        self._decided(session)
         self._metrics.expired.labels(session.service_id).inc()
         logs.event(
             log, _LINES["expired"], session_id=session.session_id, service_id=session.service_id
@@ -130,6 +142,7 @@ class Decisions:
             fields: dict[str, Any] = {}
             if found.state == "rejected" and found.result is not None:
                 fields["reason"] = json.loads(found.result).get("reason")
+            self._decided(found)
             logs.event(
                 log,
                 _LINES[found.state],

@@ -15,6 +15,10 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def enroll_message(device_id: str, timestamp: int, enrollment_token: str) -> str:
+    return f"enroll|{device_id}|{timestamp}|{_digest(enrollment_token)}"
+
+
 def verify_message(
     session_id: str,
     otp: str,

@@ -152,7 +152,10 @@ class LoginService:
         nonce: str | None,
         *,
         door: Door | None = None,
+        fresh: ids.SessionSecrets | None = None,
     ) -> Initiated:
+        """Start a login. ``fresh`` gives the session's random values when the door needs its
+        id before the session exists (CIBA's ``auth_req_id`` names the session)."""
         door = door or IDTOKEN_DOOR
         # An empty list means the service's defaults on /auth/initiate; the standard doors
         # ask for exactly what their scope parameter says (openid alone: no claims).
@@ -161,7 +164,7 @@ class LoginService:
             if scope not in KNOWN_SCOPES or scope not in service.allowed_scopes:
                 raise InvalidScope("a requested scope is not allowed for this service")
         now = self._clock.now()
-        fresh = ids.new_session_secrets()
+        fresh = fresh or ids.new_session_secrets()
         ws_token = fresh.ws_token
         session = SessionRecord(
             session_id=fresh.session_id,
@@ -376,6 +379,10 @@ class LoginService:
     async def expire(self, session: SessionRecord) -> SessionRecord | None:
         """Expire ``session`` if its lifetime has passed (a socket's timer)."""
         return await self._decisions.expire(session)
+
+    @property
+    def decisions(self) -> Decisions:
+        return self._decisions
 
     def _approval(
         self,

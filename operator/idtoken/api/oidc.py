@@ -52,7 +52,7 @@ _PREFLIGHT = {
 }
 
 
-def _oidc(rt: Runtime) -> OidcRuntime:
+def oidc_runtime(rt: Runtime) -> OidcRuntime:
     if rt.oidc is None:  # pragma: no cover - create_app always builds it
         raise NotFound("no such endpoint")
     rt.oidc.require_secret()
@@ -71,7 +71,7 @@ def _page(request: Request, html: str, status: int = 200) -> Response:
 async def authorize(request: Request) -> Response:
     rt = runtime(request)
     try:
-        oidc = _oidc(rt)
+        oidc = oidc_runtime(rt)
     except TemporarilyUnavailable as exc:
         return _page(request, error_page(exc.description), 503)
     if request.method == "POST":
@@ -131,7 +131,7 @@ def _members(body: Mapping[str, Any], *names: str) -> list[str]:
 
 async def authorize_session(request: Request) -> Response:
     """The hosted page starts the login for a tokenId."""
-    oidc = _oidc(runtime(request))
+    oidc = oidc_runtime(runtime(request))
     handle, token_id = _members(await read_json(request), "handle", "tokenId")
     if not 0 < len(handle) <= MAX_HANDLE:
         raise InvalidRequest("this login page is not valid; start again from the site")
@@ -153,7 +153,7 @@ async def authorize_session(request: Request) -> Response:
 
 async def authorize_complete(request: Request) -> Response:
     """Where the hosted page sends the browser once the socket reported the outcome."""
-    oidc = _oidc(runtime(request))
+    oidc = oidc_runtime(runtime(request))
     session_id, ws_token = _members(await read_json(request), "sessionId", "wsToken")
     if len(ws_token) > MAX_WS_TOKEN:
         raise InvalidRequest("wsToken is not valid")
@@ -163,7 +163,7 @@ async def authorize_complete(request: Request) -> Response:
 # ------------------------------------------------------------------------- /token
 async def token(request: Request) -> Response:
     rt = runtime(request)
-    oidc = _oidc(rt)
+    oidc = oidc_runtime(rt)
     form = await read_form(request)
     presented = presented_client(
         request.headers.get("authorization"), form.get("client_id"), form.get("client_secret")
@@ -186,7 +186,7 @@ async def token(request: Request) -> Response:
 
 # ------------------------------------------------------------------------- /userinfo
 async def userinfo(request: Request) -> Response:
-    oidc = _oidc(runtime(request))
+    oidc = oidc_runtime(runtime(request))
     scheme, _, value = (request.headers.get("authorization") or "").partition(" ")
     access_token = value.strip() if scheme.lower() == "bearer" else ""
     if not access_token and request.method == "POST":

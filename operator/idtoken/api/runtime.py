@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.requests import HTTPConnection
 
@@ -12,6 +11,7 @@ from idtoken.enrollment.service import EnrollmentService
 from idtoken.keys.signing import SigningKeys
 from idtoken.login import LoginService
 from idtoken.metrics import Metrics
+from idtoken.oidc.ciba import Backchannel
 from idtoken.oidc.runtime import OidcRuntime
 from idtoken.push.dispatch import PushDispatcher
 from idtoken.settings import Settings
@@ -30,7 +30,7 @@ class Runtime:
     vapid_public_key: str
     metrics: Metrics
     oidc: OidcRuntime | None = None
-    ciba: Any = None
+    ciba: Backchannel | None = None
     discovery_body: bytes = b""
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,14 @@ import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from idtoken.device_messages import (
+    enroll_message,
+    pending_message,
+    reject_message,
+    subscription_message,
+    verify_message,
+)
 
 
 def _b64url(data: bytes) -> str:
@@ -70,13 +77,12 @@ class Device:
         timestamp: int | None = None,
     ) -> dict[str, Any]:
         ts = now_ms() if timestamp is None else timestamp
-        digest = hashlib.sha256(enrollment_token.encode("utf-8")).hexdigest()
         body: dict[str, Any] = {
             "enrollmentToken": enrollment_token,
             "publicKeyPem": self.public_key_pem,
             "deviceId": self.device_id,
             "timestamp": ts,
-            "signature": self.sign(f"enroll|{self.device_id}|{ts}|{digest}"),
+            "signature": self.sign(enroll_message(self.device_id, ts, enrollment_token)),
         }
         if push_subscription is not None:
             body["pushSubscription"] = push_subscription
@@ -91,9 +97,13 @@ class Device:
         timestamp: int | None = None,
         token_id: str | None = None,
         credential: str | None = None,
+        binding_message: str | None = None,
     ) -> dict[str, Any]:
+        """The approval; a CIBA request's ``bindingMessage`` (from the push or
+        ``/auth/pending``) enters the signed message."""
         enrolled = self._enrolled()
         ts = now_ms() if timestamp is None else timestamp
+        message = verify_message(session_id, otp, ts, granted_scopes, binding_message)
         return {
             "sessionId": session_id,
             "tokenId": token_id or enrolled.token_id,
@@ -101,7 +111,7 @@ class Device:
             "grantedScopes": granted_scopes,
             "timestamp": ts,
             "credential": credential or enrolled.credential,
-            "signature": self.sign(f"{session_id}|{otp}|{ts}|{' '.join(granted_scopes)}"),
+            "signature": self.sign(message),
         }
 
     def reject_body(self, session_id: str, reason: str = "user_rejected") -> dict[str, Any]:
@@ -111,7 +121,7 @@ class Device:
             "tokenId": self._enrolled().token_id,
             "timestamp": ts,
             "reason": reason,
-            "signature": self.sign(f"{session_id}|reject|{ts}"),
+            "signature": self.sign(reject_message(session_id, ts)),
         }
 
     def pending_body(self) -> dict[str, Any]:
@@ -120,7 +130,7 @@ class Device:
         return {
             "tokenId": token_id,
             "timestamp": ts,
-            "signature": self.sign(f"{token_id}|pending|{ts}"),
+            "signature": self.sign(pending_message(token_id, ts)),
         }
 
     # ---- calls -----------------------------------------------------------------------------
@@ -154,12 +164,12 @@ class Device:
     def subscription_body(self, subscription: dict[str, Any]) -> dict[str, Any]:
         ts = now_ms()
         token_id = self._enrolled().token_id
-        digest = hashlib.sha256(str(subscription["endpoint"]).encode("utf-8")).hexdigest()
+        message = subscription_message(token_id, str(subscription["endpoint"]), ts)
         return {
             "tokenId": token_id,
             "subscription": subscription,
             "timestamp": ts,
-            "signature": self.sign(f"{token_id}|subscription|{ts}|{digest}"),
+            "signature": self.sign(message),
         }
 
     async def replace_subscription(self, subscription: dict[str, Any]) -> None:
@@ -169,10 +179,28 @@ class Device:
         )
         _raise_for_status(resp)
 
-    async def approve(self, session_id: str, otp: str, granted_scopes: list[str]) -> httpx.Response:
+    async def approve(
+        self,
+        session_id: str,
+        otp: str,
+        granted_scopes: list[str],
+        *,
+        binding_message: str | None = None,
+    ) -> httpx.Response:
         """Send the approval; returns the response (callers check the status)."""
-        return await self.http.post(
-            "/auth/verify", json=self.verify_body(session_id, otp, granted_scopes)
+        body = self.verify_body(session_id, otp, granted_scopes, binding_message=binding_message)
+        return await self.http.post("/auth/verify", json=body)
+
+    async def approve_pending(
+        self, view: dict[str, Any], granted_scopes: list[str]
+    ) -> httpx.Response:
+        """Approve a request as ``/auth/pending`` (or the push) shows it: its code, and its
+        binding message if it is a backchannel (CIBA) request."""
+        return await self.approve(
+            view["sessionId"],
+            view["autoPassword"],
+            granted_scopes,
+            binding_message=view.get("bindingMessage"),
         )
 
     async def reject(self, session_id: str, reason: str = "user_rejected") -> httpx.Response:

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from idtoken import jose
 from idtoken.clock import Clock
+from idtoken.device_messages import enroll_message
 from idtoken.enrollment.assertion import (
     MAX_TOKEN_LENGTH,
     Assertion,
@@ -67,11 +68,6 @@ class Enrolled:
     device_id: str
     expires_at: int
     credential: str
-
-
-def enroll_message(device_id: str, timestamp: int, enrollment_token: str) -> str:
-    digest = hashlib.sha256(enrollment_token.encode("utf-8")).hexdigest()
-    return f"enroll|{device_id}|{timestamp}|{digest}"
 
 
 class EnrollmentService:

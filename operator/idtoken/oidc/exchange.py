@@ -72,9 +72,16 @@ class TokenExchange:
             raise InvalidRequest("code_verifier must be 43 to 128 characters of [A-Za-z0-9-._~]")
         now = self._clock.now()
         try:
-            token_id, session_id = self._tokens.locate(FOR_CODE, code)
+            token_id, session_id, issued_to = self._tokens.locate(FOR_CODE, code)
         except SealError:
             raise InvalidGrant("the code is not valid") from None
+        if issued_to != client.id:
+            # Refused before it is spent: another client's attempt cannot burn the code.
+            security.warning(
+                "authorization code presented by another client",
+                extra={"session_id": session_id, "client_id": client.id},
+            )
+            raise InvalidGrant("the code was issued to another client")
         r = await self._store.redeem(token_id, session_id, grant_hash=grant_hash(code), now=now)
         if r.outcome is RedeemOutcome.USED:
             if r.revoke is not None:
@@ -88,12 +95,6 @@ class TokenExchange:
             raise InvalidGrant("the code is not valid or has expired")
         request = AuthorizationRequest.from_json(r.front)
         # The code is spent from here on: a mismatch below cannot be retried with it.
-        if request.client_id != client.id:
-            security.warning(
-                "authorization code presented by another client",
-                extra={"session_id": session_id, "client_id": client.id},
-            )
-            raise InvalidGrant("the code was issued to another client")
         if redirect_uri is None or redirect_uri != request.redirect_uri:
             raise InvalidGrant("redirect_uri differs from the authorization request's")
         if request.code_challenge is None:

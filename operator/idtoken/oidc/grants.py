@@ -39,7 +39,7 @@ class CodeGrants:
         response, jti = self._tokens.token_response(
             session, service, credential, granted, now, backchannel=False
         )
-        code = self._tokens.locator(FOR_CODE, session)
+        code = self._tokens.locator(FOR_CODE, session.token_id, session.session_id, service.id)
         exp = int(now) + service.token_ttl
         return Approval(
             APPROVED,

@@ -74,22 +74,23 @@ class TokenIssuer:
         self._secret = secret
 
     # ---- locations: a code or auth_req_id says which session it collects ------------------
-    def locator(self, purpose: str, session: SessionRecord) -> str:
-        """A sealed, unguessable handle on ``session`` (its token and id)."""
-        where = json.dumps([session.token_id, session.session_id], separators=(",", ":"))
+    def locator(self, purpose: str, token_id: str, session_id: str, client_id: str) -> str:
+        """A sealed, unguessable handle on a session (its token and id) for one client."""
+        where = json.dumps([token_id, session_id, client_id], separators=(",", ":"))
         return self._secret.seal(purpose, where.encode())
 
-    def locate(self, purpose: str, handle: str) -> tuple[str, str]:
-        """The (token id, session id) of a handle; :class:`SealError` if it is not ours."""
+    def locate(self, purpose: str, handle: str) -> tuple[str, str, str]:
+        """The (token id, session id, client id) of a handle; :class:`SealError` if it is not
+        one of ours for ``purpose``."""
         try:
             where = json.loads(self._secret.open(purpose, handle))
         except ValueError:
             raise SealError("malformed") from None
         if not (
-            isinstance(where, list) and len(where) == 2 and all(isinstance(x, str) for x in where)
+            isinstance(where, list) and len(where) == 3 and all(isinstance(x, str) for x in where)
         ):
             raise SealError("malformed")
-        return where[0], where[1]
+        return where[0], where[1], where[2]
 
     def subject(self, service: ServiceSettings, token_id: str) -> str:
         if service.subject_type == "pairwise":

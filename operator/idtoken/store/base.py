@@ -134,6 +134,8 @@ class SessionRecord:
     decided_by: str | None = None
     """The nonce of the call that took the decision (to recognise one's own decision after a
     lost reply)."""
+    decided_at: float | None = None
+    """When the decision (or expiry) was taken."""
     code: str | None = None
     """OpenID Connect: the authorization code minted at the approval, sealed (the hosted page
     collects it); written by :meth:`Store.approve` as the grant field ``code``."""
@@ -199,6 +201,7 @@ class SessionRecord:
             grant_hash=f.get("gh") or None,
             decided_by=f.get("by") or None,
             code=f.get("code") or None,
+            decided_at=float(f["decided"]) if f.get("decided") else None,
         )
 
     @classmethod
@@ -515,8 +518,11 @@ class Store(Protocol):
         ...
 
     # ---- CIBA ping deliveries (an outbox every instance works on) --------------------------
-    async def schedule_ping(self, token_id: str, session_id: str, *, at: float) -> None:
-        """Put the session in the ping outbox, due at ``at`` (or move it there)."""
+    async def schedule_ping(
+        self, token_id: str, session_id: str, *, at: float, queued_only: bool = False
+    ) -> None:
+        """Put the session in the ping outbox, due at ``at`` (or move it there). With
+        ``queued_only``, only move it: a ping already delivered is not queued again."""
 
     async def due_pings(self, *, now: float, limit: int) -> list[tuple[str, str]]:
         """Up to ``limit`` (token id, session id) pairs of the outbox due at ``now``."""

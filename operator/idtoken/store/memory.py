@@ -368,8 +368,11 @@ class MemoryStore:
     async def pending_sessions(self, token_id: str, *, now: float) -> list[SessionRecord]:
         return sorted(self._token_pending(token_id, now), key=lambda s: s.created_at)
 
-    async def schedule_ping(self, token_id: str, session_id: str, *, at: float) -> None:
-        self._pings[token_id, session_id] = at
+    async def schedule_ping(
+        self, token_id: str, session_id: str, *, at: float, queued_only: bool = False
+    ) -> None:
+        if not queued_only or (token_id, session_id) in self._pings:
+            self._pings[token_id, session_id] = at
 
     async def due_pings(self, *, now: float, limit: int) -> list[tuple[str, str]]:
         due = sorted((at, key) for key, at in self._pings.items() if at <= now)
@@ -435,6 +438,7 @@ class MemoryStore:
             state=state,  # type: ignore[arg-type]
             result=final,
             decided_by=decided_by or None,
+            decided_at=now,
         )
         self._sessions[session.session_id] = done
         self._session_until[session.session_id] = max(session.expires_at, now) + RESULT_KEEP

@@ -565,8 +565,11 @@ class RedisStore:
 
         return stop
 
-    async def schedule_ping(self, token_id: str, session_id: str, *, at: float) -> None:
-        await self._call(self._r.zadd(PING_OUTBOX, {_ping_member(token_id, session_id): at}))
+    async def schedule_ping(
+        self, token_id: str, session_id: str, *, at: float, queued_only: bool = False
+    ) -> None:
+        member = {_ping_member(token_id, session_id): at}
+        await self._call(self._r.zadd(PING_OUTBOX, member, xx=queued_only))
 
     async def due_pings(self, *, now: float, limit: int) -> list[tuple[str, str]]:
         members = await self._call(
