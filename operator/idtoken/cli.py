@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
+        "--http",
+        default="auto",
+        choices=["auto", "httptools", "h11"],
+        help="HTTP/1.1 parser (default auto: httptools); either one bounds request heads",
+    )
+    serve.add_argument(
         "--drain-timeout",
         type=float,
         default=10.0,
@@ -95,6 +101,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
     p.set_defaults(handler=_tokens, action="list", token_id=None)
+
+    secret = command(
+        "secret", "the operator secret (OpenID Connect and CIBA; oidc.secret_key_file)"
+    )
+    secret_sub = secret.add_subparsers(required=True, metavar="ACTION")
+    for name, help_text in (
+        ("generate", "create oidc.secret_key_file if it does not exist; print its fingerprint"),
+        ("fingerprint", "print the file's fingerprint and the one the store records"),
+        (
+            "adopt",
+            "record the file's secret as the one every instance must use (new pairwise subs)",
+        ),
+    ):
+        p = secret_sub.add_parser(name, help=help_text)
+        p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+        if name == "adopt":
+            p.add_argument(
+                "--change-pairwise-subjects",
+                action="store_true",
+                help="required: confirms that every pairwise sub changes with the secret",
+            )
+        p.set_defaults(handler=_secret, action=name)
 
     demo = sub.add_parser("demo", help="demo helpers")
     demo_sub = demo.add_subparsers(required=True, metavar="ACTION")
@@ -152,6 +180,47 @@ def _tokens(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _secret(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from idtoken.clock import SystemClock
+    from idtoken.oidc.runtime import FINGERPRINT_NAME
+    from idtoken.oidc.secret import SecretError, load_or_create_secret
+    from idtoken.store.factory import open_redis_store
+
+    settings = _settings(args)
+    try:
+        secret = load_or_create_secret(settings.oidc.secret_key_file)
+    except SecretError as exc:
+        raise ConfigError("oidc.secret_key_file", str(exc)) from None
+    print(f"file:  {secret.fingerprint}  {settings.oidc.secret_key_file}")
+    if args.action == "generate":
+        return 0
+    if not settings.redis_url:
+        print("store: the embedded store (one process): nothing is shared")
+        return 0
+    if args.action == "adopt" and not args.change_pairwise_subjects:
+        print(
+            "adopt changes every pairwise subject the operator has issued; "
+            "repeat with --change-pairwise-subjects to go ahead",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def run() -> int:
+        store = open_redis_store(settings, SystemClock())
+        try:
+            recorded = await store.register_secret(
+                FINGERPRINT_NAME, secret.fingerprint, replace=args.action == "adopt"
+            )
+        finally:
+            await store.aclose()
+        print(f"store: {recorded}")
+        return 0 if recorded == secret.fingerprint else 1
+
+    return asyncio.run(run())
+
+
 def _demo_init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -174,6 +243,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from idtoken import logs
+    from idtoken.httplimits import http_protocol
 
     path = config_path(args.config)
     settings = load_settings(path)
@@ -193,6 +263,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         log_level=args.log_level,
         access_log=False,
+        http=http_protocol(args.http, settings.server),  # the [server] bounds on request heads
         proxy_headers=True,
         server_header=False,
         ws="websockets-sansio",

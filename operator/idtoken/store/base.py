@@ -537,9 +537,10 @@ class Store(Protocol):
         """Remove the session from the outbox."""
 
     # ---- shared secrets --------------------------------------------------------------------
-    async def register_secret(self, name: str, fingerprint: str) -> str:
-        """Record ``fingerprint`` for the secret ``name`` unless one is recorded; return the
-        recorded one, so that every instance can check it holds the same secret."""
+    async def register_secret(self, name: str, fingerprint: str, *, replace: bool = False) -> str:
+        """Record ``fingerprint`` for the secret ``name`` unless one is recorded (or, with
+        ``replace``, in any case); return the recorded one, so that every instance can check
+        it holds the same secret."""
         ...
 
     # ---- shared cache (e.g. a KYC provider's JWKS, shared by all instances) ---------------

@@ -346,9 +346,10 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 """
 
-# KEYS: the secret's fingerprint    ARGV: fingerprint
+# KEYS: the secret's fingerprint    ARGV: fingerprint, replace ('1' or '0')
 FIRST_FINGERPRINT = r"""
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
+if ARGV[2] == '1' then redis.call('SET', KEYS[1], ARGV[1])
+else redis.call('SET', KEYS[1], ARGV[1], 'NX') end
 return redis.call('GET', KEYS[1])
 """
 

@@ -388,7 +388,9 @@ class MemoryStore:
     async def ping_done(self, token_id: str, session_id: str) -> None:
         self._pings.pop((token_id, session_id), None)
 
-    async def register_secret(self, name: str, fingerprint: str) -> str:
+    async def register_secret(self, name: str, fingerprint: str, *, replace: bool = False) -> str:
+        if replace:
+            self._secrets[name] = fingerprint
         return self._secrets.setdefault(name, fingerprint)
 
     async def claim_socket(self, token_id: str, session_id: str) -> int:

@@ -584,9 +584,11 @@ class RedisStore:
     async def ping_done(self, token_id: str, session_id: str) -> None:
         await self._call(self._r.zrem(PING_OUTBOX, _ping_member(token_id, session_id)))
 
-    async def register_secret(self, name: str, fingerprint: str) -> str:
+    async def register_secret(self, name: str, fingerprint: str, *, replace: bool = False) -> str:
         recorded = await self._run(
-            "FIRST_FINGERPRINT", [f"idtoken:secret:{{{name}}}"], [fingerprint]
+            "FIRST_FINGERPRINT",
+            [f"idtoken:secret:{{{name}}}"],
+            [fingerprint, "1" if replace else "0"],
         )
         return str(recorded)
 
