@@ -334,6 +334,11 @@
         maxlength: "6", pattern: "[0-9]{6}", placeholder: "••••••", "aria-label": "Code shown on the website",
       });
       codePart = h("div", {}, h("label", { text: "Type the code shown on the website" }), codeInput);
+    } else if (s.backchannel) {
+      // CIBA: no website shows a code; the caller's device shows this message instead.
+      codePart = h("div", { class: "code-box" },
+        h("div", { class: "eyebrow", text: "Check that the caller or terminal shows" }),
+        h("div", { class: "binding", text: s.bindingMessage || "(no message: ask who is asking)" }));
     } else {
       codePart = h("div", { class: "code-box" },
         h("div", { class: "eyebrow", text: "Check that the website shows" }), renderCode(s.autoPassword));
@@ -390,7 +395,10 @@
       const timestamp = Date.now();
       if (action === "approve") {
         const granted = card.toggles.filter((t) => t.checked).map((t) => t.value);
-        const signature = await sign(keys.privateKey, `${s.sessionId}|${otp}|${timestamp}|${granted.join(" ")}`);
+        // A backchannel request's binding message is signed too, as its SHA-256 (hex).
+        let message = `${s.sessionId}|${otp}|${timestamp}|${granted.join(" ")}`;
+        if (s.bindingMessage !== undefined) message += `|${await sha256hex(s.bindingMessage)}`;
+        const signature = await sign(keys.privateKey, message);
         await api("/auth/verify", {
           sessionId: s.sessionId, tokenId: phone.tokenId, otp, grantedScopes: granted,
           timestamp, credential: phone.credential, signature,
