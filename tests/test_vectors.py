@@ -69,7 +69,9 @@ def build_message(vector: dict[str, Any]) -> str:
     if kind == "enroll":
         return enroll_message(i["deviceId"], i["timestamp"], i["enrollmentToken"])
     if kind == "verify":
-        return verify_message(i["sessionId"], i["otp"], i["timestamp"], i["grantedScopes"])
+        return verify_message(
+            i["sessionId"], i["otp"], i["timestamp"], i["grantedScopes"], i.get("bindingMessage")
+        )
     if kind == "reject":
         return reject_message(i["sessionId"], i["timestamp"])
     if kind == "pending":
@@ -143,6 +145,20 @@ def test_jwk_thumbprint() -> None:
 def test_message_is_what_the_operator_builds(vector: dict[str, Any]) -> None:
     assert build_message(vector) == vector["message"]
     assert vector["message"].encode("utf-8").hex() == vector["message_utf8_hex"]
+
+
+def test_backchannel_vectors_append_the_binding_message_digest() -> None:
+    backchannel = [v for v in MESSAGES if "bindingMessage" in v["inputs"]]
+    assert len(backchannel) >= 2
+    assert any(not v["inputs"]["bindingMessage"].isascii() for v in backchannel)
+    for vector in backchannel:
+        digest = hashlib.sha256(vector["inputs"]["bindingMessage"].encode("utf-8")).hexdigest()
+        assert vector["binding_message_sha256"] == digest
+        assert vector["message"].endswith("|" + digest)
+        without = dict(vector["inputs"], bindingMessage=None)
+        assert (
+            vector["message"] == build_message({"kind": "verify", "inputs": without}) + "|" + digest
+        )
 
 
 def test_digests_inside_messages() -> None:
@@ -239,8 +255,14 @@ async def test_reference_device_signs_what_the_operator_verifies() -> None:
         )
         for vector in (v for v in MESSAGES if v["kind"] == "verify"):
             i = vector["inputs"]
+            binding = i.get("bindingMessage")
             body = device.verify_body(
-                i["sessionId"], i["otp"], i["grantedScopes"], timestamp=i["timestamp"]
+                i["sessionId"],
+                i["otp"],
+                i["grantedScopes"],
+                timestamp=i["timestamp"],
+                binding_message=binding,
             )
             verify_device_signature(key, vector["message"], body["signature"])
-            assert build_message({"kind": "verify", "inputs": body}) == vector["message"]
+            inputs = {**body, "bindingMessage": binding}
+            assert build_message({"kind": "verify", "inputs": inputs}) == vector["message"]
