@@ -562,7 +562,9 @@ async def app(scope, receive, send):
 '''
 
 # The operator's uvicorn settings (idtoken/cli.py), repeated for the baselines. loop and http
-# are "auto" in the operator, which picks uvloop and httptools when installed, as here.
+# are "auto" in the operator, which picks uvloop and httptools when installed, as here; the
+# operator's httptools protocol also bounds request heads (idtoken/httplimits.py: a few
+# counters per header), which the baselines' stock protocol does not.
 UVICORN_FLAGS = [
     "--ws",
     "websockets-sansio",
