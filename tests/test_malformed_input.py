@@ -618,9 +618,9 @@ BAD_SCOPES: list[tuple[str, Mutation]] = [
     ("65-chars", lambda v: ["a" * 65]),
     ("10k-scopes", lambda v: ["x"] * 10_000),
 ]
+# A whole number written with a fraction or an exponent is that integer (see below).
 BAD_TIMESTAMP: list[tuple[str, Mutation]] = [
     ("string", lambda v: str(v)),
-    ("float-whole", lambda v: float(v)),
     ("float-fraction", lambda v: v + 0.5),
     ("seconds-as-float", lambda v: v / 1000),
 ]
@@ -796,6 +796,39 @@ async def test_m06_unknown_field_is_400(world: World, endpoint: str, extra: dict
         world, endpoint, lambda: world.post_json(endpoint, body), 400, ["invalid_request"]
     )
     assert "x" * 100 not in resp_body["error_description"]
+
+
+# ----------------------------------------------------------------------------- timestamps
+def _with_zero_fraction(ts: int) -> bytes:
+    return f"{ts}.0".encode()
+
+
+def _with_exponent(ts: int) -> bytes:
+    digits = str(ts)
+    return f"{digits[:-3]}.{digits[-3:]}e3".encode()  # the same decimal number, exactly
+
+
+@pytest.mark.parametrize("spell", [_with_zero_fraction, _with_exponent])
+@pytest.mark.parametrize("endpoint", [ENROLL, VERIFY, REJECT, PENDING])
+async def test_a_whole_number_timestamp_in_any_spelling_is_that_integer(
+    world: World, endpoint: str, spell: Callable[[int], bytes]
+) -> None:
+    """JSON has one kind of number and JSON Schema calls 1700000000000.0 an integer, so the
+    operator reads any spelling of a whole number as the integer; the body is signed over its
+    plain decimal form, as always."""
+    body = world.valid(endpoint)
+    resp = await world.post_bytes(
+        endpoint, replace_value(body, "timestamp", spell(body["timestamp"]))
+    )
+    assert resp.status_code == SUCCESS[endpoint], resp.text
+
+
+async def test_a_timestamp_signed_as_spelled_with_a_fraction_does_not_verify(world: World) -> None:
+    """The signed message carries the integer in plain decimal: a phone that signs
+    ``...|1700000000000.0`` signed another message."""
+    valid = world.valid(PENDING)
+    body = world.resign(PENDING, {**valid, "timestamp": float(valid["timestamp"])}, "timestamp")
+    assert_error(await world.post_json(PENDING, body), 401, ["invalid_signature"])
 
 
 # ----------------------------------------------------------------------------- A07: '|'

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
+from idtoken.api.bodies import Alive, NotReady, Ready
 from idtoken.api.responses import json_response
 from idtoken.api.runtime import runtime
 from idtoken.errors import NotFound, Unauthorized
@@ -35,15 +36,20 @@ async def metrics(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    return json_response({"status": "ok"})
+    alive: Alive = {"status": "ok"}
+    return json_response(alive)
 
 
 async def readyz(request: Request) -> Response:
     rt = runtime(request)
+    not_ready: NotReady
     try:
         await asyncio.wait_for(rt.store.ping(), timeout=1.0)
     except (StoreUnavailable, TimeoutError):
-        return json_response({"status": "unavailable", "store": "unreachable"}, status=503)
+        not_ready = {"status": "unavailable", "store": "unreachable"}
+        return json_response(not_ready, status=503)
     if not rt.keys.kids:
-        return json_response({"status": "unavailable", "keys": "none"}, status=503)
-    return json_response({"status": "ready"})
+        not_ready = {"status": "unavailable", "keys": "none"}
+        return json_response(not_ready, status=503)
+    ready: Ready = {"status": "ready"}
+    return json_response(ready)

@@ -8,41 +8,35 @@ import hmac
 from starlette.requests import Request
 from starlette.responses import Response
 
-from idtoken.api.body import Fields, read_json
+from idtoken.api.bodies import INITIATE, InitiateResponse
+from idtoken.api.body import read_body
 from idtoken.api.responses import json_response
 from idtoken.api.runtime import runtime
-from idtoken.errors import InvalidClient, InvalidScope, UnknownService
+from idtoken.errors import InvalidClient, UnknownService
 from idtoken.ids import iso_z
 from idtoken.settings import ServiceSettings
 
 
 async def initiate(request: Request) -> Response:
     rt = runtime(request)
-    f = Fields(
-        await read_json(request), required=("tokenId", "serviceId"), optional=("scopes", "nonce")
-    )
-    service_id = f.ident("serviceId")
-    token_id = f.ident("tokenId")
     # Contract §1: a scope that is not known is invalid_scope, malformed ones included.
-    scopes = f.scope_list("scopes", malformed=InvalidScope) if f.present("scopes") else []
-    nonce = f.text("nonce", max_length=128) if f.present("nonce") else None
-    service = rt.settings.services.get(service_id)
+    body = await read_body(request, INITIATE)
+    service = rt.settings.services.get(body["serviceId"])
     if service is None:
         raise UnknownService("unknown serviceId")
     authenticate_client(service, request.headers.get("authorization"))
     # Repeated scopes are canonicalised away rather than refused.
+    scopes = tuple(dict.fromkeys(body.get("scopes") or ()))
     with rt.metrics.initiate_seconds.time():
-        started = await rt.login.initiate(service, token_id, tuple(dict.fromkeys(scopes)), nonce)
-    return json_response(
-        {
-            "sessionId": started.session_id,
-            "autoPassword": started.auto_password,
-            "wsToken": started.ws_token,
-            "expiresAt": iso_z(started.expires_at),
-            "random": started.random,
-        },
-        status=201,
-    )
+        started = await rt.login.initiate(service, body["tokenId"], scopes, body.get("nonce"))
+    created: InitiateResponse = {
+        "sessionId": started.session_id,
+        "autoPassword": started.auto_password,
+        "wsToken": started.ws_token,
+        "expiresAt": iso_z(started.expires_at),
+        "random": started.random,
+    }
+    return json_response(created, status=201)
 
 
 def authenticate_client(service: ServiceSettings, authorization: str | None) -> None:

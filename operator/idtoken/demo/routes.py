@@ -26,18 +26,20 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any, NotRequired
 from urllib.parse import urlsplit
 
 import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import with_config
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
+from typing_extensions import TypedDict
 
 from idtoken import jose
-from idtoken.api.body import Fields, read_json
+from idtoken.api.body import read_body
 from idtoken.api.responses import json_response
 from idtoken.api.runtime import runtime
 from idtoken.client.relying_party import Initiation, JwksCache, RelyingParty, ResultError
@@ -46,6 +48,8 @@ from idtoken.errors import InvalidRequest, NotFound, OperatorError, UnknownServi
 from idtoken.scopes import COMPOSITES, KNOWN_SCOPES, SCOPE_CLAIMS
 from idtoken.settings import IssuerSettings, ServiceSettings, Settings
 from idtoken.urls import is_loopback_host
+from idtoken.wire.declare import STRICT, Body
+from idtoken.wire.kinds import Id, ScopeList, text
 
 log = logging.getLogger("idtoken.demo")
 
@@ -292,31 +296,62 @@ async def _config(request: Request) -> Response:
     )
 
 
+# ----------------------------------------------------------------------------- bodies
+@with_config(STRICT)
+class _EnrollmentTokenRequest(TypedDict):
+    tokenId: NotRequired[Id | None]
+    givenName: NotRequired[Annotated[str, text(64)] | None]
+    familyName: NotRequired[Annotated[str, text(64)] | None]
+    birthdate: NotRequired[Annotated[str, text(10)] | None]
+    nationality: NotRequired[Annotated[str, text(3)] | None]
+    email: NotRequired[Annotated[str, text(254)] | None]
+
+
+@with_config(STRICT)
+class _LoginRequest(TypedDict):
+    tokenId: Id
+    serviceId: Id
+    scopes: NotRequired[ScopeList | None]
+
+
+@with_config(STRICT)
+class _VerifyRequest(TypedDict):
+    serviceId: Id
+    sessionId: Id
+    wsToken: Annotated[str, text(256)]
+    jwt: Annotated[str, text(16384)]
+    hash: Annotated[str, text(128)]
+    random: Annotated[str, text(128)]
+
+
+_ENROLLMENT_TOKEN = Body(_EnrollmentTokenRequest)
+_LOGIN = Body(_LoginRequest)
+_VERIFY = Body(_VerifyRequest)
+
+
 async def _enrollment_token(request: Request, state: _DemoState) -> Response:
     """Mint an enrollment token as an integration server would (seed 000, ES256)."""
     rt = runtime(request)
-    f = Fields(
-        await read_json(request),
-        required=(),
-        optional=("tokenId", "givenName", "familyName", "birthdate", "nationality", "email"),
-    )
-    token_id = f.ident("tokenId") if f.present("tokenId") else "demo-" + secrets.token_hex(5)
+    body = await read_body(request, _ENROLLMENT_TOKEN)
+    token_id = body.get("tokenId") or "demo-" + secrets.token_hex(5)
     identity: dict[str, str] = {}
     for name, claim in (("givenName", "given_name"), ("familyName", "family_name")):
-        if f.present(name):
-            identity[claim] = f.text(name, max_length=64).strip()
-    if f.present("birthdate"):
-        birthdate = f.text("birthdate", max_length=10)
+        given = body.get(name)
+        if isinstance(given, str):
+            identity[claim] = given.strip()
+    birthdate = body.get("birthdate")
+    if birthdate is not None:
         if not _DATE.match(birthdate):
             raise InvalidRequest("birthdate must be YYYY-MM-DD")
         identity["birthdate"] = birthdate
-    if f.present("nationality"):
-        nationality = f.text("nationality", max_length=3).upper()
+    nationality = body.get("nationality")
+    if nationality is not None:
+        nationality = nationality.upper()
         if not _ALPHA3.match(nationality):
             raise InvalidRequest("nationality must be an ISO 3166-1 alpha-3 code (FRA, DEU…)")
         identity["nationality"] = nationality
-    if f.present("email"):
-        email = f.text("email", max_length=254)
+    email = body.get("email")
+    if email is not None:
         if not _EMAIL.match(email):
             raise InvalidRequest("email is not an email address")
         identity["email"] = email
@@ -362,10 +397,10 @@ def _relying_party(settings: Settings, service: ServiceSettings, origin: _Origin
 async def _login(request: Request, state: _DemoState) -> Response:
     """The relying party's backend starts a login: ``/auth/initiate`` over HTTP."""
     rt = runtime(request)
-    f = Fields(await read_json(request), required=("tokenId", "serviceId"), optional=("scopes",))
-    token_id = f.ident("tokenId")
-    service = _service(rt.settings, f.ident("serviceId"))
-    scopes = f.scope_list("scopes") if f.present("scopes") else None
+    body = await read_body(request, _LOGIN)
+    token_id = body["tokenId"]
+    service = _service(rt.settings, body["serviceId"])
+    scopes = body.get("scopes")
     rp = _relying_party(rt.settings, service, state.origin(_operator_base_url(request)))
     try:
         initiation = await rp.initiate(token_id, scopes)
@@ -407,16 +442,10 @@ def _forwarded_error(exc: ResultError) -> OperatorError:
 async def _verify(request: Request, state: _DemoState) -> Response:
     """The relying party's backend checks an ``approved`` message the page received."""
     rt = runtime(request)
-    f = Fields(
-        await read_json(request),
-        required=("serviceId", "sessionId", "wsToken", "jwt", "hash", "random"),
-    )
-    service = _service(rt.settings, f.ident("serviceId"))
-    session_id = f.ident("sessionId")
-    ws_token = f.text("wsToken", max_length=256)
-    jwt = f.text("jwt", max_length=16384)
-    digest = f.text("hash", max_length=128)
-    random = f.text("random", max_length=128)
+    body = await read_body(request, _VERIFY)
+    service = _service(rt.settings, body["serviceId"])
+    session_id = body["sessionId"]
+    ws_token, jwt, digest, random = body["wsToken"], body["jwt"], body["hash"], body["random"]
     if not _JWT.match(jwt):
         raise InvalidRequest("jwt must be a compact JWS")
     if not (_HEX.match(digest) and _HEX.match(random)):
