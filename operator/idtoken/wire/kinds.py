@@ -135,7 +135,8 @@ Signature = TypeAliasType(
                 description=(
                     "ES256 by the device key over the UTF-8 message given for each endpoint: "
                     "base64url without padding of the raw 64-byte `r || s` (86 characters). "
-                    "DER, 63/65 bytes or padding are refused with 401 `invalid_signature`."
+                    "Padding is refused (400); DER or 63/65 bytes do not verify (401 "
+                    "`invalid_signature`)."
                 ),
             ),
             refuse=refuse_with(lambda name: f"{name} must be base64url (no padding)"),
