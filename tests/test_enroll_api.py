@@ -159,9 +159,12 @@ async def post_enroll(op: Operator, token: str, device: Device | None = None) ->
 
 
 def stored_keys(srv: RedisServer) -> set[str]:
-    """Every operator key except the rate-limit windows (counters are allowed to move)."""
+    """Every operator key except the rate-limit windows (counters are allowed to move) and
+    the operator secret's fingerprint, which every instance records when it starts."""
     out = srv.cli("KEYS", "idtoken:*")
-    return {k for k in out.splitlines() if k and not k.startswith("idtoken:rate:")}
+    return {
+        k for k in out.splitlines() if k and not k.startswith(("idtoken:rate:", "idtoken:secret:"))
+    }
 
 
 def token_keys(srv: RedisServer, sub: str) -> list[str]:
