@@ -57,6 +57,12 @@ def single(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 
 async def read_form(request: Request) -> Mapping[str, str]:
+    return single(await read_form_pairs(request))
+
+
+async def read_form_pairs(request: Request) -> list[tuple[str, str]]:
+    """The form's parameters in order, repeated ones kept (the authorization request tells
+    its client of a repeat at the redirect URI)."""
     media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media != FORM:
         raise UnsupportedMediaType(f"the request body must be {FORM}")
@@ -67,7 +73,7 @@ async def read_form(request: Request) -> Mapping[str, str]:
         raise InvalidRequest("the request body must be UTF-8") from None
     if any(ord(c) < 0x20 for c in text):
         raise InvalidRequest("the request body must not contain control characters")
-    return single(parse_pairs(text))
+    return parse_pairs(text)
 
 
 def _shown(name: str) -> str:

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from idtoken.api.body import read_json
-from idtoken.api.form import parse_pairs, read_form
+from idtoken.api.form import parse_pairs, read_form, read_form_pairs
 from idtoken.api.responses import error_response, json_response
 from idtoken.api.runtime import Runtime, runtime
 from idtoken.errors import (
@@ -39,8 +39,9 @@ from idtoken.oidc.clients import presented_client
 from idtoken.oidc.exchange import AUTHORIZATION_CODE, CIBA_GRANT
 from idtoken.oidc.page import STATIC_TYPES, error_page, login_page, security_headers, static_asset
 from idtoken.oidc.runtime import OidcRuntime
+from idtoken.oidc.secret import MAX_SEALED_LENGTH
 
-MAX_HANDLE = 4096
+MAX_HANDLE = MAX_SEALED_LENGTH  # the page's handle is a sealed value
 MAX_WS_TOKEN = 64
 _TOKEN_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _CORS = {"Access-Control-Allow-Origin": "*"}
@@ -75,8 +76,11 @@ async def authorize(request: Request) -> Response:
     except TemporarilyUnavailable as exc:
         return _page(request, error_page(exc.description), 503)
     if request.method == "POST":
-        form = await read_form(request)
-        pairs = list(form.items())
+        # As for a query: the page, never JSON, and repeats left to the request's checks.
+        try:
+            pairs = await read_form_pairs(request)
+        except OperatorError as exc:
+            return _page(request, error_page(exc.description), exc.status)
     else:
         raw = request.scope.get("query_string", b"")
         if len(raw) > MAX_QUERY:

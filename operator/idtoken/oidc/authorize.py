@@ -96,13 +96,19 @@ def parse_authorization_request(
         raise UntrustedRedirect("redirect_uri is missing or not registered for this client")
 
     state = params.get("state")
-    state_ok = "state" not in repeated and (state is None or len(state) <= MAX_STATE)
+    # RFC 6749 Appendix A.5: state = 1*VSCHAR.
+    state_ok = "state" not in repeated and (
+        state is None or (len(state) <= MAX_STATE and _PRINTABLE.match(state) is not None)
+    )
 
     def fail(code: str, description: str) -> RedirectableError:
         return RedirectableError(code, description, redirect_uri, state if state_ok else None)
 
     if not state_ok:
-        raise fail("invalid_request", f"state must be given once, at most {MAX_STATE} characters")
+        raise fail(
+            "invalid_request",
+            f"state must be given once, at most {MAX_STATE} printable ASCII characters",
+        )
     if repeated:
         raise fail(
             "invalid_request", f"parameters given more than once: {', '.join(sorted(repeated))}"

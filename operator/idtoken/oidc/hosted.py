@@ -79,15 +79,17 @@ class HostedLogin:
         self._clock = clock
 
     def handle(self, request: AuthorizationRequest) -> str:
+        # The expiry, a newline, the request's JSON (which has no raw newline): the request is
+        # escaped once, so the largest one /authorize accepts fits MAX_SEALED_LENGTH.
         expires = self._clock.now() + self._settings.oidc.request_ttl
-        body = json.dumps({"req": request.to_json(), "exp": expires}, separators=(",", ":"))
+        body = f"{expires!r}\n{request.to_json()}"
         return self._secret.seal(_FOR_HANDLE, body.encode())
 
     def _request_of(self, handle: str) -> AuthorizationRequest:
         try:
-            data = json.loads(self._secret.open(_FOR_HANDLE, handle))
-            request = AuthorizationRequest.from_json(data["req"])
-            expires = float(data["exp"])
+            expiry, _, text = self._secret.open(_FOR_HANDLE, handle).decode().partition("\n")
+            request = AuthorizationRequest.from_json(text)
+            expires = float(expiry)
         except (SealError, ValueError, KeyError, TypeError):
             raise InvalidRequest(
                 "this login page is not valid; start again from the site"
