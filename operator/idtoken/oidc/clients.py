@@ -1,5 +1,6 @@
 """Client authentication at the token and backchannel endpoints (RFC 6749 §2.3, §3.2.1;
-OpenID Connect Core §9): ``client_secret_basic``, ``client_secret_post`` and ``none``.
+OpenID Connect Core §9): ``client_secret_basic``, ``client_secret_post`` and ``none``; and
+``/auth/initiate``'s ``Authorization: Bearer`` check of the same secret.
 
 A client uses exactly the method it is registered with, and one method per request. Secrets
 are compared as SHA-256 digests in constant time (the configuration keeps only the digest).
@@ -102,11 +103,7 @@ class ClientAuthenticator:
         """The client's registration, or ``invalid_client`` (401) / ``too_many_requests``."""
         now = self._clock.now()
         key = (presented.client_id[:128], address)
-        until = self._blocked.get(key, 0.0)
-        if until > now:
-            raise TooManyRequests(
-                "too many failed client authentications", retry_after=int(until - now) + 1
-            )
+        self._refuse_if_blocked(key, now)
         service = self._services.get(presented.client_id)
         if ID_PATTERN.match(presented.client_id) is None:
             service = None
@@ -115,6 +112,36 @@ class ClientAuthenticator:
             raise _invalid("client authentication failed")
         assert service is not None
         return service
+
+    async def authenticate_bearer(
+        self, service: ServiceSettings, authorization: str | None, address: str
+    ) -> None:
+        """``/auth/initiate``'s check: a confidential service sends its secret as
+        ``Authorization: Bearer <secret>`` (a public one nothing). Its failures count with
+        the token endpoint's: it is the same secret."""
+        expected = service.client_secret_sha256
+        if expected is None:
+            return
+        now = self._clock.now()
+        key = (service.id, address)
+        self._refuse_if_blocked(key, now)
+        scheme, _, secret = (authorization or "").partition(" ")
+        presented = hashlib.sha256(secret.strip().encode("utf-8")).digest()
+        # Compare digests in constant time; the scheme check does not depend on the secret.
+        ok = hmac.compare_digest(presented, expected)
+        if scheme.lower() != "bearer" or not secret.strip() or not ok:
+            await self.failed(key, now)
+            raise InvalidClient(
+                "client authentication failed",
+                headers={"WWW-Authenticate": 'Bearer realm="idtoken", error="invalid_client"'},
+            )
+
+    def _refuse_if_blocked(self, key: tuple[str, str], now: float) -> None:
+        until = self._blocked.get(key, 0.0)
+        if until > now:
+            raise TooManyRequests(
+                "too many failed client authentications", retry_after=int(until - now) + 1
+            )
 
     async def failed(self, key: tuple[str, str], now: float) -> None:
         """Count a failed authentication of ``key`` (client id, address); 429 past the
