@@ -10,7 +10,8 @@ SCRIPT="./scripts/$(basename "$0")"
 # need KIND PACKAGE PROBE WHY: one thing the script needs, one line each. PACKAGE is what gets
 # installed, PROBE the command whose presence means it is there already (sbin directories are
 # searched too), WHY is printed by --check. KIND says who installs it: install_KIND PACKAGE...
-# installs, command_KIND PACKAGE... prints the command a user would run instead (apt below).
+# installs, command_KIND PACKAGE... prints the command a user would run instead (apt and npm
+# below); present_KIND PROBE, where a kind has it, replaces the command check (npm).
 NEED_KIND=()
 NEED_PACKAGE=()
 NEED_PROBE=()
@@ -23,6 +24,16 @@ need() {
 }
 
 have() { PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1; }
+
+# present I: whether need number I is there already. A kind with a present_KIND function checks
+# its PROBE that way (npm below); for the others PROBE is a command.
+present() {
+  if declare -F "present_${NEED_KIND[$1]}" >/dev/null; then
+    "present_${NEED_KIND[$1]}" "${NEED_PROBE[$1]}"
+  else
+    have "${NEED_PROBE[$1]}"
+  fi
+}
 
 # prepare EXTRAS [--check]: with --check, print what the script needs and whether it is there,
 # install nothing, and exit (status 1 when something is missing). Otherwise install the
@@ -37,7 +48,7 @@ prepare() {
   for kind in $(printf '%s\n' "${NEED_KIND[@]}" | sort -u); do
     packages=()
     for i in "${!NEED_KIND[@]}"; do
-      if [ "${NEED_KIND[$i]}" = "$kind" ] && ! have "${NEED_PROBE[$i]}"; then
+      if [ "${NEED_KIND[$i]}" = "$kind" ] && ! present "$i"; then
         packages+=("${NEED_PACKAGE[$i]}")
       fi
     done
@@ -60,11 +71,18 @@ print_needs() {
     echo "$SCRIPT needs these, and installs the missing ones:"
     for i in "${!NEED_KIND[@]}"; do
       state=present
-      have "${NEED_PROBE[$i]}" || { state=missing; missing+=("$i"); }
+      present "$i" || { state=missing; missing+=("$i"); }
       printf '  %-4s %-13s %-8s %s\n' "${NEED_KIND[$i]}" "${NEED_PACKAGE[$i]}" "$state" "${NEED_WHY[$i]}"
     done
     if printf '%s\n' "${NEED_KIND[@]}" | grep -qx apt; then
       echo "apt-get runs as root (or through sudo); apt-get update only when apt's lists lack a package."
+    fi
+    if printf '%s\n' "${NEED_KIND[@]}" | grep -qx npm; then
+      if node_ok; then
+        echo "npm uses node $(node --version) and npm $(npm --version) from the machine."
+      else
+        echo "npm needs $NODE_HINT, which is missing."
+      fi
     fi
   fi
   local py
@@ -182,6 +200,55 @@ apt_failed() {
     echo "  $(command_apt "$@")"
   } >&2
   exit 1
+}
+
+# ------------------------------------------------------------------------------------ npm
+# need npm DIR DIR WHY: the Node packages of DIR (relative to the repository), exactly as its
+# package-lock.json pins them (npm ci; npm install where there is no lock). Node.js and npm come
+# from the machine: they are named, not installed.
+NODE_MIN=20
+NODE_HINT="Node.js $NODE_MIN or newer with npm (Debian: apt-get install nodejs npm)"
+
+node_ok() {
+  have node && have npm &&
+    node -e "process.exit(Number(process.versions.node.split('.')[0]) < $NODE_MIN ? 1 : 0)"
+}
+
+# present_npm DIR: DIR's node_modules was installed after its package.json and lock last changed.
+present_npm() {
+  local installed="$1/node_modules/.package-lock.json" file
+  node_ok && [ -f "$installed" ] || return 1
+  for file in "$1/package.json" "$1/package-lock.json"; do
+    [ ! -e "$file" ] || [ "$installed" -nt "$file" ] || return 1
+  done
+}
+
+# npm_how DIR: ci where DIR has a package-lock.json, else install.
+npm_how() { if [ -f "$1/package-lock.json" ]; then echo ci; else echo install; fi; }
+
+# command_npm DIR...: the commands that install them, as a user would type them.
+command_npm() {
+  local dir out="" sep=""
+  for dir in "$@"; do
+    out+="$sep(cd $dir && npm $(npm_how "$dir"))"
+    sep="; "
+  done
+  echo "$out"
+}
+
+install_npm() {
+  local dir
+  if ! node_ok; then
+    echo "$SCRIPT needs $NODE_HINT for: $*. Install it, then run $SCRIPT again." >&2
+    exit 1
+  fi
+  for dir in "$@"; do
+    echo "$SCRIPT: installing the Node packages of $dir ($(command_npm "$dir"))" >&2
+    if ! (cd "$dir" && npm "$(npm_how .)" --no-audit --no-fund) >&2; then
+      echo "$SCRIPT could not install the Node packages of $dir; see npm's message above, then run: $(command_npm "$dir")" >&2
+      exit 1
+    fi
+  done
 }
 
 # ------------------------------------------------------------------------------ virtualenv
