@@ -36,6 +36,8 @@ import pytest
 import websockets
 
 from idtoken.client import Device, Initiation, RelyingParty
+from idtoken.issued_jwt import open_final
+from idtoken.oidc.secret import load_or_create_secret
 from support import (
     DEFAULT_SERVICE,
     OperatorConfig,
@@ -196,8 +198,12 @@ def token_of(device: Device) -> str:
 
 
 def stored_jwt(fleet: Fleet, token_id: str, session_id: str) -> str:
-    result = json.loads(fleet.session_field(token_id, session_id, "result"))
-    assert result["type"] == "approved", result
+    """The JWT an approval stored, opened with the fleet's operator secret (it is kept
+    sealed: no identity claim at rest)."""
+    stored = fleet.session_field(token_id, session_id, "result")
+    assert json.loads(stored)["type"] == "approved", stored
+    secret = load_or_create_secret(fleet.config.directory / "var" / "secret.key")
+    result = json.loads(open_final(secret, session_id, stored))
     return str(result["jwt"])
 
 

@@ -107,7 +107,7 @@ def create_app(
         raise ConfigError("oidc.secret_key_file", str(exc)) from None
     grants = OidcGrants(settings, keys, secret)
     login = LoginService(
-        settings, store, keys, clock, dispatcher, metrics, grant_makers=grants.makers()
+        settings, store, keys, secret, clock, dispatcher, metrics, grant_makers=grants.makers()
     )
     oidc = OidcRuntime(settings, store, clock, grants, login, metrics)
     ciba = Backchannel(settings, store, clock, login, grants.tokens, secret, metrics)
@@ -124,6 +124,7 @@ def create_app(
         dispatcher=dispatcher,
         vapid_public_key=vapid_public_key_b64(vapid_key),
         metrics=metrics,
+        secret=secret,
         oidc=oidc,
         ciba=ciba,
     )

@@ -48,6 +48,7 @@ from idtoken.jose import JoseError
 from idtoken.keys.device import DeviceKeyError, key_from_jwk, verify_device_signature
 from idtoken.keys.signing import SigningKeys
 from idtoken.metrics import Metrics
+from idtoken.oidc.secret import OperatorSecret
 from idtoken.push.base import PushOutcome, PushResult, PushSubscription
 from idtoken.push.dispatch import PushDispatcher
 from idtoken.scopes import KNOWN_SCOPES
@@ -117,6 +118,7 @@ class LoginService:
         settings: Settings,
         store: Store,
         keys: SigningKeys,
+        secret: OperatorSecret,
         clock: Clock,
         dispatcher: PushDispatcher | None = None,
         metrics: Metrics | None = None,
@@ -124,7 +126,7 @@ class LoginService:
     ) -> None:
         self._metrics = metrics or Metrics()
         self._grant_makers: dict[SessionKind, GrantMaker] = {
-            "idtoken": IssuedJwtMaker(settings.issuer, keys),
+            "idtoken": IssuedJwtMaker(settings.issuer, keys, secret),
             **(grant_makers or {}),
         }
         self._decisions = Decisions(store, clock, self._metrics)

@@ -13,6 +13,7 @@ from idtoken.login import LoginService
 from idtoken.metrics import Metrics
 from idtoken.oidc.ciba import Backchannel
 from idtoken.oidc.runtime import OidcRuntime
+from idtoken.oidc.secret import OperatorSecret
 from idtoken.push.dispatch import PushDispatcher
 from idtoken.settings import Settings
 from idtoken.store.base import Store
@@ -29,6 +30,7 @@ class Runtime:
     dispatcher: PushDispatcher | None
     vapid_public_key: str
     metrics: Metrics
+    secret: OperatorSecret
     oidc: OidcRuntime | None = None
     ciba: Backchannel | None = None
     discovery_body: bytes = b""

@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from idtoken.api.runtime import Runtime, runtime
 from idtoken.ids import ID_PATTERN, iso_z, result_hash
+from idtoken.issued_jwt import open_final
 from idtoken.store.base import RESULT_KEEP, Event, SessionRecord, StoreUnavailable
 
 log = logging.getLogger("idtoken.ws")
@@ -248,7 +249,7 @@ class SocketSession:
         await self._close(code)
 
     async def _deliver(self, final: str) -> None:
-        message = json.loads(final)
+        message = json.loads(open_final(self.rt.secret, self.session.session_id, final))
         # The IDToken protocol's approval carries the JWT, and the socket adds its `hash`; an
         # OpenID Connect login's carries nothing (the page collects the code at /authorize).
         if message.get("type") == "approved" and "jwt" in message:
