@@ -8,8 +8,6 @@ rotated silently: a new key would orphan every stored subscription.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from idtoken import jose
+from idtoken.privatefile import write_private_file
 from idtoken.push.base import b64url_encode
 
 logger = logging.getLogger("idtoken.push")
@@ -56,28 +55,14 @@ def load_or_create_vapid_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 
 def _create_key_file(path: Path) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(pem)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return  # another process created it first; use theirs
+    if write_private_file(path, pem):  # else another process created it first: use theirs
         logger.info("created VAPID key %s", path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def vapid_public_key_b64(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> str:
