@@ -52,8 +52,13 @@ log = logging.getLogger("idtoken.oidc")
 
 MAX_BINDING_MESSAGE = 64
 MAX_NOTIFICATION_TOKEN = 1024
+PENDING_RECHECK = 5.0
+"""Seconds between the ping outbox's looks at a pending ping-mode request, from its creation:
+a request ended by no decision of its own instance (another request's ``not_me``, a
+revocation, an instance killed after deciding) is found within them."""
 # RFC 6750 §2.1 b64token: what a Bearer credential may look like.
-_B64TOKEN = re.compile(r"\A[A-Za-z0-9\-._~+/]+=*\Z")
+B64TOKEN = re.compile(r"\A[A-Za-z0-9\-._~+/]+=*\Z")
+REQUESTED_EXPIRY = re.compile(r"\A[1-9][0-9]{0,5}\Z")  # seconds, a positive integer
 _FOR_NOTIFICATION = "client notification token"
 _FOR_PING = "auth_req_id for the ping"
 
@@ -156,14 +161,14 @@ class Backchannel:
         if mode == "ping":
             if notification is None:
                 raise InvalidRequest("client_notification_token is required in ping mode")
-            if len(notification) > MAX_NOTIFICATION_TOKEN or not _B64TOKEN.match(notification):
+            if len(notification) > MAX_NOTIFICATION_TOKEN or not B64TOKEN.match(notification):
                 raise InvalidRequest(
                     "client_notification_token must be a Bearer token of at most 1024 characters"
                 )
         expiry = client.session_ttl
         if "requested_expiry" in form:
             text = form["requested_expiry"]
-            if not text.isdigit() or len(text) > 6 or int(text) == 0:
+            if not REQUESTED_EXPIRY.match(text):
                 raise InvalidRequest("requested_expiry must be a positive integer")
             expiry = max(10, min(int(text), client.session_ttl))
 
@@ -185,14 +190,18 @@ class Backchannel:
             grant_hash=grant_hash(auth_req_id),
         )
         lifetime = _with_session_ttl(client, expiry)
+        if mode == "ping":
+            # In the outbox before the session exists: a session is never pushed to the phone
+            # without its ping queued. An entry whose session was never created is dropped by
+            # the first instance that looks at it.
+            first_look = self._clock.now() + min(expiry, PENDING_RECHECK)
+            await self._store.schedule_ping(token_id, fresh.session_id, at=first_look)
         try:
             started = await self._login.initiate(
                 lifetime, token_id, scopes, None, door=door, fresh=fresh
             )
         except TokenRevoked:
             raise RevokedUser("the user's token is revoked") from None
-        if mode == "ping":
-            await self._store.schedule_ping(token_id, fresh.session_id, at=started.expires_at)
         return Accepted(auth_req_id, int(started.expires_at - self._clock.now()), self._interval)
 
     @property

@@ -28,7 +28,7 @@ import aiohttp
 from idtoken.clock import Clock
 from idtoken.login import LoginService
 from idtoken.metrics import Metrics
-from idtoken.oidc.ciba import Backchannel, BackchannelRequest
+from idtoken.oidc.ciba import PENDING_RECHECK, Backchannel, BackchannelRequest
 from idtoken.oidc.secret import SealError
 from idtoken.push.webpush import PolicyResolver, RefusedAddress
 from idtoken.settings import Settings
@@ -38,7 +38,6 @@ from idtoken.urls import AddressPolicy
 log = logging.getLogger("idtoken.oidc")
 
 SWEEP_SECONDS = 1.0
-PENDING_RECHECK = 5.0
 _BATCH = 50
 
 
@@ -136,7 +135,10 @@ class PingDelivery:
             return
         request = BackchannelRequest.from_json(session.front)
         if session.state == "pending" and now >= session.expires_at:
-            session = await self._login.expire(session) or session
+            # The expiry is a decision: whoever took it delivers (``_decided``), else a sweep
+            # once this lease ends. Delivering here too would ping twice.
+            await self._login.expire(session)
+            return
         if session.state == "pending":
             again = min(session.expires_at, now + PENDING_RECHECK)
             await self._store.schedule_ping(token_id, session_id, at=again, queued_only=True)
