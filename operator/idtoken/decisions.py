@@ -85,9 +85,13 @@ class Decisions:
         """Expire ``session`` if its lifetime has passed (a socket's timer); returns the
         session as it now stands. The call that expired it writes the line."""
         nonce = secrets.token_hex(8)
-        current = await self._store.expire(
-            session.token_id, session.session_id, now=self._clock.now(), decided_by=nonce
-        )
+        try:
+            current = await self._store.expire(
+                session.token_id, session.session_id, now=self._clock.now(), decided_by=nonce
+            )
+        except StoreUnavailable:
+            self._audit_later(session, nonce)
+            raise
         if current is not None and current.state == "expired" and current.decided_by == nonce:
             self.expired(current)
         return current
