@@ -1,16 +1,10 @@
 """Real OpenID Connect client libraries against a fleet of real operator processes.
 
-Three ``idtoken-operator serve`` child processes share one Redis, one ``keys_dir`` and one
-operator secret (``[oidc] secret_key_file``), as a load-balanced deployment does. Every login
-touches all three: the hosted page (authorization endpoint and the page's own requests) is
-served by A, the page's WebSocket by B, the phone approves on C, the token is redeemed on C
-and userinfo answered by B.
-
-The issuer is instance A's real URL, so that a client can fetch discovery from the issuer as
-both libraries insist (each compares the document's ``issuer`` with the URL it fetched); A's
-port is chosen before the configuration is written. The endpoints in the discovery document
-are therefore A's: the tests send a request to another instance by keeping the endpoint's
-path and changing only its origin, as a load balancer would.
+Three ``idtoken-operator serve`` child processes on one Redis (tests/client_fleet.py, which
+says how a request reaches another instance than the issuer, A). Every login touches all
+three: the hosted page (authorization endpoint and the page's own requests) is served by A,
+the page's WebSocket by B, the phone approves on C, the token is redeemed on C and userinfo
+answered by B.
 
 The relying parties:
 
@@ -24,22 +18,16 @@ The relying parties:
   ``fetchUserInfo``, as a confidential client (``client_secret_basic``) and a public one
   (``none``). This test plays the browser and the phone while the script waits for the
   callback URL on its standard input.
-
-``./scripts/test`` installs openid-client (``npm ci`` in tests/js); without node or the package
-these tests fail and say what to install.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import shutil
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
@@ -53,6 +41,20 @@ from joserfc.errors import InvalidClaimError
 from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
 
+from client_fleet import (
+    JS_DIR,
+    STEP_TIMEOUT,
+    Fleet,
+    assert_token_summary,
+    collected_on,
+    enrolled_phone,
+    instances,
+    node_binary,
+    node_client,
+    on,
+    openid_client_version,
+    operator_fleet,
+)
 from idtoken.client import Device
 from oidc_support import (
     CLIENT_SECRET,
@@ -62,17 +64,8 @@ from oidc_support import (
     HostedBrowser,
     query_of,
 )
-from support import (
-    DEFAULT_SERVICE,
-    REPO,
-    OperatorConfig,
-    OperatorProcess,
-    RedisServer,
-    redis_server,
-)
+from support import DEFAULT_SERVICE
 
-JS_DIR = REPO / "tests" / "js"
-SCRIPT = JS_DIR / "code-flow.mjs"
 POST_CLIENT: dict[str, Any] = {
     **OIDC_CLIENT,
     "id": "webapp-post",
@@ -80,8 +73,6 @@ POST_CLIENT: dict[str, Any] = {
 }
 SCOPE = "openid profile identity:age_over_18"
 GRANTED = ["identity:name", "identity:age_over_18"]
-# Generous: a slow two-core machine runs three operators, Redis and node at once.
-STEP_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -106,69 +97,11 @@ class Sent:
 
 
 # ----------------------------------------------------------------------------- the fleet
-@dataclass
-class Fleet:
-    redis: RedisServer
-    config: OperatorConfig
-    procs: list[OperatorProcess]
-
-    @property
-    def issuer(self) -> str:
-        return self.config.issuer_url
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with redis_server() as redis:
-        directory = tmp_path_factory.mktemp("oidc-fleet")
-        config_file = directory / "operator.toml"
-        procs = [OperatorProcess(config_file) for _ in range(3)]
-        config = OperatorConfig(
-            directory,
-            redis_url=redis.url,
-            services=[dict(DEFAULT_SERVICE), dict(OIDC_CLIENT), dict(POST_CLIENT), PUBLIC_CLIENT],
-            limits={"enroll_per_ip_per_hour": 10_000},
-            issuer_url=procs[0].url,
-            extra='\n[oidc]\nsecret_key_file = "secret.key"\n',
-        )
-        assert config.write() == config_file
-        try:
-            # One after the other: the first creates the signing keys and the operator secret,
-            # the others read them.
-            for proc in procs:
-                proc.start(timeout=60)
-            yield Fleet(redis, config, procs)
-        finally:
-            for proc in procs:
-                proc.stop()
-
-
-@contextlib.asynccontextmanager
-async def instances(fleet: Fleet) -> AsyncIterator[list[httpx.AsyncClient]]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield [
-            await stack.enter_async_context(
-                httpx.AsyncClient(base_url=proc.url, timeout=STEP_TIMEOUT)
-            )
-            for proc in fleet.procs
-        ]
-
-
-def on(instance: httpx.AsyncClient, endpoint: str) -> str:
-    """``endpoint`` (a URL from discovery) on another instance: same path, its origin."""
-    origin = urlsplit(str(instance.base_url))
-    return urlunsplit(urlsplit(endpoint)._replace(scheme=origin.scheme, netloc=origin.netloc))
-
-
-async def enrolled_phone(fleet: Fleet, http: httpx.AsyncClient) -> tuple[str, Device]:
-    token_id = f"user-{uuid.uuid4().hex[:12]}"
-    device = Device(http, device_id=f"dev-{token_id}")
-    await device.enroll(
-        fleet.config.issuers[0].mint(
-            token_id, given_name="Marie", family_name="Dupont", birthdate="1990-05-01"
-        )
-    )
-    return token_id, device
+    services = [dict(DEFAULT_SERVICE), dict(OIDC_CLIENT), dict(POST_CLIENT), PUBLIC_CLIENT]
+    with operator_fleet(tmp_path_factory.mktemp("oidc-fleet"), services) as fleet:
+        yield fleet
 
 
 async def log_in(
@@ -200,24 +133,6 @@ async def log_in(
     finally:
         outcome.cancel()
     return await browser.complete(started), started.session_id
-
-
-async def collected_on(fleet: Fleet, session_id: str) -> list[int]:
-    """Which instances (0, 1, 2) handed out the session's tokens, as their logs say. An
-    instance writes the line as its event loop turns after the answer: wait for it."""
-    deadline = asyncio.get_running_loop().time() + STEP_TIMEOUT
-    while True:
-        found = [
-            i
-            for i, proc in enumerate(fleet.procs)
-            for line in proc.logs().splitlines()
-            if line.startswith("{")
-            and (event := json.loads(line)).get("msg") == "tokens collected"
-            and event.get("session_id") == session_id
-        ]
-        if found or asyncio.get_running_loop().time() > deadline:
-            return found
-        await asyncio.sleep(0.05)
 
 
 def consented(sub: str) -> dict[str, Any]:
@@ -376,80 +291,6 @@ async def test_authlib_code_flow_with_pkce_across_three_instances(
 
 
 # ----------------------------------------------------------------------------- openid-client
-def node_binary() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail(
-            "node is not installed: install Node.js 20 or newer with npm "
-            "(Debian: apt-get install nodejs npm), then run ./scripts/test, which runs "
-            "npm ci in tests/js"
-        )
-    return node
-
-
-def openid_client_version() -> str:
-    """The installed openid-client, which must be the version tests/js/package.json pins."""
-    installed = JS_DIR / "node_modules" / "openid-client" / "package.json"
-    pinned = json.loads((JS_DIR / "package.json").read_text())["dependencies"]["openid-client"]
-    if not installed.exists():
-        pytest.fail(
-            "openid-client is not installed: run ./scripts/test (or: cd tests/js && npm ci)"
-        )
-    version: str = json.loads(installed.read_text())["version"]
-    if version != pinned:
-        pytest.fail(f"openid-client {version} is installed, {pinned} pinned: cd tests/js && npm ci")
-    return version
-
-
-class NodeClient:
-    """tests/js/code-flow.mjs in a child process, one JSON line per step."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    async def next_step(self, expected: str) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), STEP_TIMEOUT)
-        if not line:
-            raise AssertionError(
-                f"the node client ended before {expected!r}: {await self.stderr()}"
-            )
-        message: dict[str, Any] = json.loads(line)
-        assert message["step"] == expected, message
-        return message
-
-    async def send(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line.encode() + b"\n")
-        await self.process.stdin.drain()
-
-    async def stderr(self) -> str:
-        assert self.process.stderr is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.process.wait(), STEP_TIMEOUT)
-        return (await self.process.stderr.read()).decode(errors="replace")
-
-
-@contextlib.asynccontextmanager
-async def node_client(settings: dict[str, Any]) -> AsyncIterator[NodeClient]:
-    process = await asyncio.create_subprocess_exec(
-        node_binary(),
-        str(SCRIPT),
-        json.dumps(settings),
-        cwd=JS_DIR,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield NodeClient(process)
-        assert await asyncio.wait_for(process.wait(), STEP_TIMEOUT) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
 @pytest.mark.parametrize(
     ("registration", "auth", "redirect_uri"),
     [
@@ -461,7 +302,6 @@ async def node_client(settings: dict[str, Any]) -> AsyncIterator[NodeClient]:
 async def test_openid_client_code_flow_with_pkce_across_three_instances(
     fleet: Fleet, registration: dict[str, Any], auth: str, redirect_uri: str
 ) -> None:
-    openid_client_version()
     client_id = registration["id"]
     async with instances(fleet) as (a, b, c):
         token_id, phone = await enrolled_phone(fleet, c)
@@ -474,7 +314,7 @@ async def test_openid_client_code_flow_with_pkce_across_three_instances(
             "scope": SCOPE,
             "route": {"/token": str(c.base_url), "/userinfo": str(b.base_url)},
         }
-        async with node_client(settings) as rp:
+        async with node_client("code-flow.mjs", settings) as rp:
             url = (await rp.next_step("authorize"))["url"]
             query = query_of(url)
             assert query["code_challenge_method"] == "S256"
@@ -484,14 +324,7 @@ async def test_openid_client_code_flow_with_pkce_across_three_instances(
             await rp.send(redirect)
             done = await rp.next_step("done")
 
-        assert done["token"] == {
-            "token_type": "bearer",
-            "scope": "openid identity:name identity:age_over_18",
-            "expires_in": done["token"]["expires_in"],
-            "has_access_token": True,
-            "has_refresh_token": False,
-        }
-        assert 0 < done["token"]["expires_in"] <= 3600
+        assert_token_summary(done["token"], "openid identity:name identity:age_over_18")
         claims = done["claims"]
         assert claims["nonce"] == query["nonce"]
         assert_consented_claims(claims, fleet, client_id, token_id)

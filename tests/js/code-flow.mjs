@@ -17,13 +17,10 @@
 // after discovery: method, URL, the Authorization scheme and the form's parameter names.
 import * as client from "openid-client";
 import { createInterface } from "node:readline";
+import { failure, routed, say, tokenSummary } from "./support.mjs";
 
 const settings = JSON.parse(process.argv[2]);
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-
-function say(message) {
-  process.stdout.write(JSON.stringify(message) + "\n");
-}
 
 function clientAuth() {
   switch (settings.auth) {
@@ -36,29 +33,6 @@ function clientAuth() {
     default:
       throw new Error(`unknown auth ${settings.auth}`);
   }
-}
-
-function routed(url) {
-  const target = new URL(url);
-  const issuer = new URL(settings.issuer);
-  const instance = settings.route[target.pathname];
-  if (target.origin === issuer.origin && instance !== undefined) {
-    const to = new URL(instance);
-    target.protocol = to.protocol;
-    target.host = to.host;
-  }
-  return target.href;
-}
-
-function failure(err) {
-  return {
-    step: "error",
-    name: err?.name,
-    code: err?.code,
-    error: err?.error ?? err?.cause?.error,
-    description: err?.error_description ?? err?.cause?.error_description,
-    message: String(err?.message ?? err),
-  };
 }
 
 async function main() {
@@ -74,7 +48,7 @@ async function main() {
   config.timeout = 60;
   const sent = [];
   config[client.customFetch] = (url, options) => {
-    const to = routed(url);
+    const to = routed(settings, url);
     const authorization = options.headers.authorization;
     sent.push({
       method: options.method,
@@ -117,17 +91,11 @@ async function main() {
     await client.authorizationCodeGrant(config, new URL(callback.trim()), checks);
     replay = { step: "accepted" };
   } catch (err) {
-    replay = failure(err);
+    replay = failure("error", err);
   }
   say({
     step: "done",
-    token: {
-      token_type: tokens.token_type,
-      scope: tokens.scope,
-      expires_in: tokens.expires_in,
-      has_access_token: typeof tokens.access_token === "string",
-      has_refresh_token: "refresh_token" in tokens,
-    },
+    token: tokenSummary(tokens),
     claims,
     userinfo,
     replay,
@@ -138,7 +106,7 @@ async function main() {
 try {
   await main();
 } catch (err) {
-  say(failure(err));
+  say(failure("error", err));
   process.exitCode = 1;
 } finally {
   process.stdin.destroy();
