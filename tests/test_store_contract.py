@@ -910,7 +910,7 @@ async def test_expire_after_expiry_marks_the_session_expired(store: Store) -> No
 
     result = await store.expire(TOKEN, "sess_a", now=T0 + 61)
 
-    expected = replace(record, state="expired", result=EXPIRED_MESSAGE)
+    expected = replace(record, state="expired", result=EXPIRED_MESSAGE, decided_at=T0 + 61)
     assert result == expected
     assert await stored(store, "sess_a") == expected
 

@@ -38,6 +38,7 @@ from idtoken.store.base import (
 )
 
 log = logging.getLogger("idtoken.login")
+security = logging.getLogger("idtoken.security")
 
 _LINES = {
     "approved": "session approved",
@@ -117,6 +118,18 @@ class Decisions:
             **fields,
         )
 
+    def ended_with(self, session_id: str, service_id: str, reason: str, *, ended_by: str) -> None:
+        """The line of a session a fraud report ended along with its own (``ended_by``)."""
+        self._metrics.rejected.labels(service_id, reason).inc()
+        logs.event(
+            log,
+            _LINES["rejected"],
+            session_id=session_id,
+            service_id=service_id,
+            reason=reason,
+            ended_by=ended_by,
+        )
+
     def expired(self, session: SessionRecord) -> None:
         self._decided(session)
         self._metrics.expired.labels(session.service_id).inc()
@@ -146,6 +159,15 @@ class Decisions:
             fields: dict[str, Any] = {}
             if found.state == "rejected" and found.result is not None:
                 fields["reason"] = json.loads(found.result).get("reason")
+                if fields["reason"] == "Not me":
+                    security.warning(
+                        "fraud report: user says the login was not theirs",
+                        extra={
+                            "session_id": session.session_id,
+                            "service_id": session.service_id,
+                            "after_lost_reply": True,
+                        },
+                    )
             self._decided(found)
             logs.event(
                 log,

@@ -464,6 +464,8 @@ class LoginService:
         if t.outcome is not Outcome.REJECTED:
             raise _state_error(t)
         self._decisions.rejected(session, reason, now)
+        for other, service_id in t.also_ended:
+            self._decisions.ended_with(other, service_id, reason, ended_by=session.session_id)
         if not_me:
             security.warning(
                 "fraud report: user says the login was not theirs",

@@ -256,6 +256,9 @@ class Transition:
     outcome: Outcome
     failures: int = 0
     decided: bool = False  # this call took the decision (approved, rejected or expired it)
+    also_ended: tuple[tuple[str, str], ...] = ()
+    """A fraud report's cascade: the (session id, service id) of the token's other pending
+    sessions it ended."""
 
 
 class RedeemOutcome(enum.StrEnum):
@@ -448,8 +451,8 @@ class Store(Protocol):
         decided_by: str = "",
     ) -> Transition:
         """End a pending session as rejected with ``reason``. With ``pause`` > 0 (a fraud
-        report) every other pending session of the token is rejected with the same reason and
-        new sessions are refused for ``pause`` seconds."""
+        report) every other pending session of the token is rejected with the same reason
+        (reported as ``also_ended``) and new sessions are refused for ``pause`` seconds."""
         ...
 
     async def redeem(

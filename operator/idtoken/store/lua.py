@@ -58,15 +58,20 @@ local function check_pending(skey, pkey, sid, now, keep, channel)
   return nil
 end
 
+-- Ends the token's other pending sessions; returns {sid, service, sid, service, ...} of them.
 local function reject_pending(pkey, prefix, now, final, keep, channel)
   local sids = redis.call('ZRANGEBYSCORE', pkey, '(' .. tostring(now), '+inf')
+  local ended = {}
   for _, osid in ipairs(sids) do
     local okey = prefix .. osid
-    local o = redis.call('HMGET', okey, 'state', 'decoy')
+    local o = redis.call('HMGET', okey, 'state', 'decoy', 'svc')
     if o[1] == 'pending' and o[2] ~= '1' then
       finish(okey, pkey, osid, 'rejected', final, now, keep, channel)
+      ended[#ended + 1] = osid
+      ended[#ended + 1] = o[3] or ''
     end
   end
+  return ended
 end
 """
 
@@ -195,13 +200,14 @@ if r then return r end
 local fails = redis.call('HGET', KEYS[1], 'fails') or '0'
 finish(KEYS[1], KEYS[3], sid, 'rejected', ARGV[5], now, keep, channel)
 local pause = tonumber(ARGV[6])
+local ended = {}
 if pause > 0 then
-  reject_pending(KEYS[3], ARGV[7], now, ARGV[5], keep, channel)
+  ended = reject_pending(KEYS[3], ARGV[7], now, ARGV[5], keep, channel)
   if redis.call('EXISTS', KEYS[2]) == 1 then
     redis.call('HSET', KEYS[2], 'pause', tostring(now + pause))
   end
 end
-return {'rejected_now', fails}
+return {'rejected_now', fails, unpack(ended)}
 """
 )
 

@@ -303,13 +303,15 @@ class MemoryStore:
             return early
         message = final_message("rejected", reason)
         self._finish(session, "rejected", message, now, decided_by)
+        ended: list[tuple[str, str]] = []
         if pause > 0:
             for other in self._token_pending(token_id, now):
                 self._finish(other, "rejected", message, now, decided_by)
+                ended.append((other.session_id, other.service_id))
             device = self._devices.get(token_id)
             if device is not None:
                 self._devices[token_id] = replace(device, paused_until=now + pause)
-        return Transition(Outcome.REJECTED, session.failures, decided=True)
+        return Transition(Outcome.REJECTED, session.failures, decided=True, also_ended=tuple(ended))
 
     async def redeem(
         self,

@@ -632,7 +632,8 @@ def _transition(reply: Sequence[str]) -> Transition:
         outcome = Outcome.TOO_MANY if failures >= MAX_SESSION_FAILURES else Outcome.NOT_PENDING
     else:  # "approved" (an earlier decision) maps to NOT_PENDING
         outcome = _OUTCOMES.get(word, Outcome.NOT_PENDING)
-    return Transition(outcome, failures, decided=word.endswith("_now"))
+    ended = tuple(zip(reply[2::2], reply[3::2], strict=True)) if word == "rejected_now" else ()
+    return Transition(outcome, failures, decided=word.endswith("_now"), also_ended=ended)
 
 
 def _redemption(reply: Sequence[str]) -> Redemption:
