@@ -17,9 +17,16 @@ from pydantic import Field, with_config
 from typing_extensions import TypedDict
 
 from idtoken.api.bodies import ENROLL, INITIATE, VERIFY
-from idtoken.errors import InvalidRequest, InvalidScope, OperatorError
-from idtoken.wire.declare import STRICT, Body, Kind, refuse_with
+from idtoken.errors import (
+    InvalidGrant,
+    InvalidRequest,
+    InvalidScope,
+    OperatorError,
+    UnsupportedGrantType,
+)
+from idtoken.wire.declare import PARAMETERS, STRICT, Body, Kind, refuse_by, refuse_with
 from idtoken.wire.kinds import Id, ScopeList, Timestamp, choice, scope_list_refusal, text
+from idtoken.wire.operation import query_parameters
 from idtoken.wire.schema import components
 
 
@@ -166,3 +173,91 @@ def test_the_api_bodies_decode_their_own_examples() -> None:
         ENROLL.decode({"deviceId": "d"})
     assert caught.value.description == "enrollmentToken is required"
     assert json.dumps(components([Sample]))  # serialisable as it is
+
+
+# ------------------------------------------------------------------------------ OAuth parameters
+def _even(value: str) -> str:
+    """A domain check of its own: an even number of characters, or ``invalid_grant``."""
+    if len(value) % 2:
+        raise InvalidGrant("the value must have an even length")
+    return value
+
+
+@with_config(PARAMETERS)
+class Form(TypedDict):
+    """OAuth parameters: unknown ones ignored, each a string."""
+
+    grant: Annotated[
+        str,
+        choice(["a", "b"], refuse=refuse_with(lambda n: "no such grant", UnsupportedGrantType)),
+    ]
+    code: NotRequired[Annotated[str, Field(min_length=1)]]
+    pair: NotRequired[
+        Annotated[
+            str, Kind(Field(max_length=4), refuse=refuse_by(_even)), Field(pattern="^[a-z]+$")
+        ]
+    ]
+
+
+FORM_BODY = Body(Form, media_type="application/x-www-form-urlencoded")
+
+
+def test_oauth_parameters_ignore_unknown_ones_and_the_schema_says_so() -> None:
+    assert FORM_BODY.decode({"grant": "a", "resource": "x", "a\u0000": "y"}) == {"grant": "a"}
+    schema = components([Form])["Form"]
+    assert schema["additionalProperties"] == {"type": "string"}
+    validator = jsonschema_rs.validator_for(schema)
+    assert validator.is_valid({"grant": "a", "resource": "x"})
+    assert not validator.is_valid({"grant": "a", "resource": ["x", "y"]})  # given twice
+    # JSON bodies still refuse them.
+    with pytest.raises(InvalidRequest, match="unknown field 'resource'"):
+        SAMPLE.decode({**VALID, "resource": "x"})
+
+
+def test_a_kind_can_refuse_with_the_domains_own_check_and_code() -> None:
+    with pytest.raises(UnsupportedGrantType, match="no such grant"):
+        FORM_BODY.decode({"grant": "c"})
+    with pytest.raises(InvalidRequest, match="grant is required"):
+        FORM_BODY.decode({"code": "x"})
+    # Too long: the domain's check answers it, with its own code and words.
+    with pytest.raises(InvalidGrant, match="even length"):
+        FORM_BODY.decode({"grant": "a", "pair": "abcde"})
+    # A constraint the domain's check does not cover: invalid_request.
+    with pytest.raises(InvalidRequest, match="pair is not valid"):
+        FORM_BODY.decode({"grant": "a", "pair": "AB"})
+    assert FORM_BODY.decode({"grant": "b", "pair": "abcd"})["pair"] == "abcd"
+
+
+def test_query_parameters_are_generated_from_the_declaration() -> None:
+    parameters = {p["name"]: p for p in query_parameters(FORM_BODY)}
+    assert list(parameters) == ["grant", "code", "pair"]
+    assert {n: p["required"] for n, p in parameters.items()} == {
+        "grant": True,
+        "code": False,
+        "pair": False,
+    }
+    assert {p["in"] for p in parameters.values()} == {"query"}
+    members = components([Form])["Form"]["properties"]
+    assert {n: p["schema"] for n, p in parameters.items()} == members
+    # A named kind stays a reference into components.schemas; a description moves onto the
+    # parameter.
+    with_kinds = {p["name"]: p for p in query_parameters(Body(Sample))}
+    assert with_kinds["tokenId"]["schema"] == {"$ref": "#/components/schemas/Id"}
+    described = {p["name"]: p for p in query_parameters(Body(Form))}
+    assert "description" not in described["code"]
+
+
+@with_config(PARAMETERS)
+class Described(TypedDict):
+    hint: Annotated[str, Field(min_length=1, description="Said once.")]
+
+
+def test_a_query_parameters_description_is_on_the_parameter() -> None:
+    (hint,) = query_parameters(Body(Described))
+    assert hint == {
+        "name": "hint",
+        "in": "query",
+        "required": True,
+        "description": "Said once.",
+        "schema": {"type": "string", "minLength": 1},
+    }

@@ -28,7 +28,17 @@ from idtoken.errors import InvalidRequest, OperatorError
 T = TypeVar("T")
 
 STRICT = ConfigDict(extra="forbid", strict=True)
-"""The configuration of every request body: unknown members refused, no coercion."""
+"""The configuration of every JSON request body: unknown members refused, no coercion."""
+
+PARAMETERS = ConfigDict(
+    extra="ignore",
+    strict=True,
+    json_schema_extra={"additionalProperties": {"type": "string"}},
+)
+"""The configuration of OAuth parameters (a form body or a query string): a parameter the
+declaration does not name is ignored, as RFC 6749 §3.1 requires, and left out of the decoded
+body; each is one string (the form reader refuses a repeated one, and treats an empty one as
+omitted)."""
 
 
 class Problem(NamedTuple):
@@ -53,6 +63,23 @@ def refuse_with(
 
     def refuse(name: str, problems: Sequence[Problem]) -> OperatorError:
         return error(message(name))
+
+    return refuse
+
+
+def refuse_by(check: Callable[[Any], object]) -> Refuse:
+    """A refusal that is the domain's own check of the value (``check`` raises the
+    :class:`OperatorError` it answers), so that the rule's code and description are stated
+    once, where the domain enforces it. A value the check lets through (a constraint of the
+    declaration the check does not cover) gets ``invalid_request``."""
+
+    def refuse(name: str, problems: Sequence[Problem]) -> OperatorError:
+        for problem in problems:
+            try:
+                check(problem.value)
+            except OperatorError as exc:
+                return exc
+        return InvalidRequest(f"{name} is not valid")
 
     return refuse
 
@@ -121,13 +148,15 @@ def _problems(exc: ValidationError, below: int) -> list[tuple[tuple[str | int, .
 
 
 class Body(Generic[T]):
-    """A JSON object's declaration (a ``TypedDict`` configured with :data:`STRICT`), ready to
-    validate: :meth:`decode` returns the body or raises the contract's error. ``media_type``
-    is how it travels (the OpenAPI document's request content type).
+    """A JSON object's declaration (a ``TypedDict`` configured with :data:`STRICT`), or a form
+    body's or query string's (configured with :data:`PARAMETERS`), ready to validate:
+    :meth:`decode` returns the body or raises the contract's error. ``media_type`` is how it
+    travels (the OpenAPI document's request content type).
 
     Refusals come in the order of the checks a reader expects: an unknown member first (named
-    when printable, cut to 40 characters), then a missing or ``null`` required member, then the
-    first member, in declaration order, with a bad value.
+    when printable, cut to 40 characters; not where unknown members are ignored), then a
+    missing or ``null`` required member, then the first member, in declaration order, with a
+    bad value.
     """
 
     def __init__(self, kind: type[T], *, media_type: str = "application/json") -> None:
@@ -140,6 +169,9 @@ class Body(Generic[T]):
         # see NotRequired in its own (string) annotations before Python 3.12.
         total = bool(getattr(kind, "__total__", True))
         self.required = tuple(name for name, hint in hints.items() if _is_required(hint, total))
+        # An unknown member is refused in JSON bodies, ignored in OAuth parameters.
+        config = getattr(kind, "__pydantic_config__", {})
+        self.closed = config.get("extra") == "forbid"
 
     def decode(self, value: Any) -> T:
         try:
@@ -150,7 +182,7 @@ class Body(Generic[T]):
     def refusal(self, value: Any, exc: ValidationError) -> OperatorError:
         if not isinstance(value, dict):
             return InvalidRequest("the request body must be a JSON object")
-        for name in value:
+        for name in value if self.closed else ():
             if name not in self.members:
                 return InvalidRequest(f"unknown field {safe_name(name)}")
         for name in self.required:

@@ -199,8 +199,9 @@ def text_block(max_length: int) -> Kind:
     )
 
 
-def choice(options: Iterable[str]) -> Kind:
-    """One of a fixed set of strings (a JSON Schema ``enum``)."""
+def choice(options: Iterable[str], refuse: Refuse | None = None) -> Kind:
+    """One of a fixed set of strings (a JSON Schema ``enum``), refused as ``invalid_request``
+    unless ``refuse`` says otherwise (``unsupported_grant_type`` for a grant type)."""
     allowed = tuple(options)
 
     def check(value: str) -> str:
@@ -211,5 +212,5 @@ def choice(options: Iterable[str]) -> Kind:
     return Kind(
         Field(json_schema_extra={"enum": list(allowed)}),
         AfterValidator(check),
-        refuse=refuse_with(lambda name: f"{name} must be one of: {', '.join(allowed)}"),
+        refuse=refuse or refuse_with(lambda name: f"{name} must be one of: {', '.join(allowed)}"),
     )

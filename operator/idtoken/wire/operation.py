@@ -1,9 +1,10 @@
-"""An HTTP operation as the OpenAPI document states it: its request body (a declared
-:class:`~idtoken.wire.declare.Body`) and its responses, each a success body or the error codes
-that a status can carry.
+"""An HTTP operation as the OpenAPI document states it: its request body or query parameters
+(a declared :class:`~idtoken.wire.declare.Body`) and its responses, each a success body, an
+HTML page or the error codes that a status can carry.
 
 Bodies appear by reference (``#/components/schemas/<name>``); the components themselves come
-from :func:`idtoken.wire.schema.components` over the same declarations.
+from :func:`idtoken.wire.schema.components` over the same declarations. Query parameters are
+generated from a declaration too (:func:`query_parameters`), one per member.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from idtoken.wire.declare import Body
-from idtoken.wire.schema import JsonObject, ref
+from idtoken.wire.schema import JsonObject, components, ref
 
 NO_STORE: JsonObject = {
     "description": "Responses carrying session data or errors are never cached.",
     "required": True,
     "schema": {"const": "no-store"},
+}
+RETRY_AFTER: JsonObject = {
+    "description": "Seconds to wait before trying again.",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
 }
 
 
@@ -40,6 +46,32 @@ def refused(description: str, *codes: str, **headers: JsonObject) -> JsonObject:
     return reply(schema, description, **headers)
 
 
+def page(description: str, **headers: JsonObject) -> JsonObject:
+    """An HTML page (``text/html``), never cached."""
+    return {
+        "description": description,
+        "headers": {"Cache-Control": NO_STORE, **headers},
+        "content": {"text/html": {"schema": {"type": "string"}}},
+    }
+
+
+def query_parameters(body: Body[Any]) -> tuple[JsonObject, ...]:
+    """The query parameters of a declaration (OpenAPI Parameter Objects), one per member in
+    declaration order: required as the member is, its schema the member's (whose references
+    point into ``components.schemas``: the declaration must be among the document's bodies),
+    its description on the parameter."""
+    declared = components([body.kind])[body.kind.__name__]
+    out: list[JsonObject] = []
+    for name, member in declared["properties"].items():
+        schema = dict(member)
+        parameter: JsonObject = {"name": name, "in": "query", "required": name in body.required}
+        if "description" in schema:
+            parameter["description"] = schema.pop("description")
+        parameter["schema"] = schema
+        out.append(parameter)
+    return tuple(out)
+
+
 def shared(name: str) -> JsonObject:
     """A response kept once in ``components.responses``."""
     return {"$ref": f"#/components/responses/{name}"}
@@ -57,6 +89,8 @@ class Operation:
     responses: Mapping[str, JsonObject]
     description: str | None = None
     request: Body[Any] | None = None
+    request_required: bool = True
+    query: Body[Any] | None = None  # the declaration its query parameters come from
     parameters: tuple[JsonObject, ...] = ()
     security: list[JsonObject] | None = field(default=None)
 
@@ -66,11 +100,13 @@ class Operation:
         op["summary"] = self.summary
         if self.description is not None:
             op["description"] = self.description
-        if self.parameters:
-            op["parameters"] = list(self.parameters)
+        generated = query_parameters(self.query) if self.query is not None else ()
+        parameters = [*generated, *self.parameters]
+        if parameters:
+            op["parameters"] = parameters
         if self.request is not None:
             op["requestBody"] = {
-                "required": True,
+                "required": self.request_required,
                 "content": {self.request.media_type: {"schema": ref(self.request.kind.__name__)}},
             }
         op["responses"] = dict(sorted(self.responses.items()))
