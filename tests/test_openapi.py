@@ -12,6 +12,8 @@ in a worker thread while the operator serves on the test's loop.
 from __future__ import annotations
 
 import asyncio
+import base64
+import html
 import json
 import re
 import time
@@ -41,6 +43,8 @@ from starlette.routing import Mount, Route, WebSocketRoute
 
 import idtoken
 from conftest import Operator, OperatorFactory
+from idtoken.api.form import FORM
+from idtoken.api.oidc_operations import OPERATIONS as OIDC_OPERATIONS
 from idtoken.api.openapi import openapi_document
 from idtoken.api.operations import WITH_BODIES
 from idtoken.client import Device
@@ -50,6 +54,8 @@ from idtoken.ids import ID_PATTERN, OTP_PATTERN
 from idtoken.scopes import SCOPE_PATTERN
 from idtoken.settings import load_settings, secret_digest
 from idtoken.strictjson import loads_strict_json
+from idtoken.wire.declare import Body
+from oidc_support import page_config, pkce_pair, query_of
 from pushreceiver import PushReceiver, Respond
 from support import DEFAULT_SERVICE
 
@@ -65,7 +71,26 @@ BANK = {
     "client_secret_sha256": secret_digest(BANK_SECRET),
     "otp_mode": "typed",
 }
-SERVICES = [dict(DEFAULT_SERVICE), BANK]
+# An OpenID Connect client of the code flow, and a CIBA client (poll mode).
+WEBAPP_SECRET = "webapp-client-secret-for-openapi"
+REDIRECT_URI = "http://127.0.0.1:9/callback"
+WEBAPP = {
+    **DEFAULT_SERVICE,
+    "id": "webapp",
+    "name": "Web App",
+    "client_secret_sha256": secret_digest(WEBAPP_SECRET),
+    "redirect_uris": [REDIRECT_URI],
+}
+DESK_SECRET = "desk-client-secret-for-openapi"
+DESK = {
+    **DEFAULT_SERVICE,
+    "id": "desk",
+    "name": "Help Desk",
+    "client_secret_sha256": secret_digest(DESK_SECRET),
+    "backchannel_token_delivery_mode": "poll",
+}
+CIBA_GRANT = "urn:openid:params:grant-type:ciba"
+SERVICES = [dict(DEFAULT_SERVICE), BANK, WEBAPP, DESK]
 
 MAX_EXAMPLES = 30
 JSON_SCHEMA_2020_12 = "https://json-schema.org/draft/2020-12/schema"
@@ -76,21 +101,6 @@ KEYWORDS = {
     "allOf", "enum", "const", "pattern", "minLength", "maxLength", "minimum", "maximum",
     "maxItems", "format", "description", "examples",
 }  # fmt: skip
-# Routes of the OpenID Connect provider (and CIBA), whose operations are not declared in the
-# document yet: each is to be declared with idtoken.wire as the others are, then removed here.
-UNDECLARED = {
-    ("/bc-authorize", "post"),
-    ("/authorize", "get"),
-    ("/authorize", "post"),
-    ("/authorize/session", "post"),
-    ("/authorize/complete", "post"),
-    ("/authorize/static/{name}", "get"),
-    ("/token", "post"),
-    ("/token", "options"),
-    ("/userinfo", "get"),
-    ("/userinfo", "post"),
-    ("/userinfo", "options"),
-}
 
 
 async def fetch_document(op: Operator) -> dict[str, Any]:
@@ -216,9 +226,17 @@ async def test_request_schemas_use_the_operators_own_rules(
         "required": ["error", "error_description"],
         "additionalProperties": False,
     }
-    for name, schema in schemas.items():
-        if name.endswith("Request"):
-            assert schema["additionalProperties"] is False, name
+    # JSON bodies refuse unknown members; OAuth parameters (forms, the authorization query)
+    # ignore them, as RFC 6749 §3.1 requires, and each is one string.
+    declared: dict[str, Body[Any]] = {}
+    for operation in (*WITH_BODIES, *OIDC_OPERATIONS):
+        body = operation.request or operation.query
+        if body is not None:
+            declared[body.kind.__name__] = body
+    assert {name for name in schemas if name.endswith("Request")} == set(declared)
+    for name, body in declared.items():
+        extra = schemas[name]["additionalProperties"]
+        assert extra == (False if body.media_type == "application/json" else {"type": "string"})
 
     # Every error response is the Error schema; 429 and 503 carry Retry-After; every POST
     # documents 413 and 415.
@@ -228,7 +246,9 @@ async def test_request_schemas_use_the_operators_own_rules(
                 if "$ref" in response:
                     name = response["$ref"].rsplit("/", 1)[1]
                     response = doc["components"]["responses"][name]
-                if int(status) >= 400 and not (path == "/readyz" and status == "503"):
+                if "text/html" in response.get("content", {}):  # the page, never JSON
+                    assert path == "/authorize", path
+                elif int(status) >= 400 and not (path == "/readyz" and status == "503"):
                     schema = response["content"]["application/json"]["schema"]
                     assert schema["allOf"][0] == {"$ref": "#/components/schemas/Error"}, path
                 if status in ("429", "503") and path != "/readyz":
@@ -244,6 +264,35 @@ async def test_request_schemas_use_the_operators_own_rules(
     assert doc["paths"]["/metrics"]["get"]["security"] == [{"metricsToken": []}]
     assert set(doc["paths"]["/metrics"]["get"]["responses"]) == {"200", "401"}
     assert "304" in doc["paths"]["/.well-known/jwks.json"]["get"]["responses"]
+
+    # The OAuth endpoints: the headers their standards require.
+    authorize = doc["paths"]["/authorize"]
+    assert authorize["get"]["responses"]["303"]["headers"]["Location"]["required"] is True
+    assert "requestBody" not in authorize["get"]
+    query = {p["name"]: p for p in authorize["get"]["parameters"]}
+    assert {p["in"] for p in query.values()} == {"query"}
+    assert {name for name, p in query.items() if p["required"]} == {
+        "response_type", "client_id", "redirect_uri", "scope"
+    }  # fmt: skip
+    form = schemas["AuthorizationRequest"]["properties"]
+    assert {name: p["schema"] for name, p in query.items()} == {
+        name: {k: v for k, v in member.items() if k != "description"}
+        for name, member in form.items()
+    }
+    assert query["state"]["schema"]["maxLength"] == 1024
+    assert query["code_challenge"]["schema"]["pattern"] == "^[A-Za-z0-9_-]{43}$"
+    for path in ("/token", "/bc-authorize"):
+        post = doc["paths"][path]["post"]
+        assert set(post["requestBody"]["content"]) == {"application/x-www-form-urlencoded"}
+        assert post["responses"]["401"]["headers"]["WWW-Authenticate"]["schema"]["pattern"] == (
+            "^Basic "
+        )
+        assert post["security"] == [{"clientBasic": []}, {}]
+    token_ok = doc["paths"]["/token"]["post"]["responses"]["200"]["headers"]
+    assert token_ok["Cache-Control"]["schema"] == {"const": "no-store"}
+    for method in ("get", "post"):
+        refused = doc["paths"]["/userinfo"][method]["responses"]["401"]
+        assert refused["headers"]["WWW-Authenticate"]["required"] is True
     # The push keys' patterns are exact: 65 bytes starting 0x04, 16 bytes, both canonical.
     keys = schemas["PushKeys"]["properties"]
     assert re.fullmatch(keys["p256dh"]["pattern"][1:-1], "B" + "A" * 86)
@@ -292,7 +341,7 @@ async def test_every_route_is_documented_and_nothing_else(
         for method in (route.methods or set()) - {"HEAD"}:
             served.add((route.path, method.lower()))
     documented = {(path, method) for path, item in doc["paths"].items() for method in item}
-    assert served - UNDECLARED == documented
+    assert served == documented
     assert "/openapi.json" in {path for path, _ in served}
     # The WebSocket cannot be an OpenAPI operation: its contract is in the description.
     assert sockets == ["/ws/session/{session_id}"]
@@ -317,46 +366,116 @@ async def test_document_follows_the_issuer(make_operator: OperatorFactory, redis
 
 
 # ------------------------------------------------------------------------------ schemathesis
+DECLARED: dict[tuple[str, str], Body[Any]] = {
+    (o.method, o.path): body
+    for o in (*WITH_BODIES, *OIDC_OPERATIONS)
+    if (body := o.request or o.query) is not None
+}
+"""The declaration each operation's request (body or query) is read by."""
+
+
 def passes_its_declaration(case: Any) -> bool:
-    """Whether the case's body passes the validation the operator declares for it (strict JSON
-    as sent, then the body's declaration)."""
-    declared = {(o.method, o.path): o.request for o in WITH_BODIES}
-    body = declared.get((case.method.lower(), case.path))
-    if body is None or case.body is None:
+    """Whether the case's request passes the validation the operator declares for it: a JSON
+    body as sent (strict JSON, then its declaration), OAuth parameters as the form reader
+    gives them (text, an empty one omitted)."""
+    body = DECLARED.get((case.method.lower(), case.path))
+    if body is None:
         return False
+    if body.media_type == "application/json":
+        value = case.body
+        if value is None:
+            return False
+        value = loads_strict_json(json.dumps(value).encode())
+    else:
+        sent = case.query if case.method == "GET" else case.body
+        if not isinstance(sent, dict):
+            return False
+        value = {k: v for k, v in sent.items() if v != ""}
     try:
-        body.decode(loads_strict_json(json.dumps(case.body).encode()))
+        body.decode(value)
     except OperatorError:
         return False
     return True
 
 
-# The refusals of rules that JSON Schema cannot express; each is stated in a description.
-BEYOND_THE_SCHEMA = re.compile(
-    "publicKeyPem must be a P-256 public key in SPKI PEM form"
-    "|(pushSubscription|subscription)[.](keys[.]p256dh is not a point on P-256|endpoint must "
-    "(be an https URL|be a valid URL|name a host|not carry credentials|not have a fragment"
-    "|name its host, or give its address in the usual form"
-    "|not point at a private, loopback or reserved address))"
-    "|a requested scope is not allowed for this service"
-    "|grantedScopes must be a subset of the requested scopes"
+_CLIENT_AUTHENTICATION = (
+    "use one client authentication method, not two|client_id differs from the authenticated "
+    "client|this client is not registered for CIBA"
 )
+_SCOPE_PARAMETER = (
+    "the scope must include openid|a requested scope is unknown or not allowed for this client"
+)
+# The refusals of rules that JSON Schema cannot express, per operation; each is stated in a
+# description (for /authorize, on its error page).
+BEYOND_THE_SCHEMA = {
+    operation: re.compile(pattern)
+    for operation, pattern in {
+        ("post", "/enroll"): "publicKeyPem must be a P-256 public key in SPKI PEM form"
+        "|pushSubscription[.](keys[.]p256dh is not a point on P-256|endpoint must "
+        "(be an https URL|be a valid URL|name a host|not carry credentials|not have a fragment"
+        "|name its host, or give its address in the usual form"
+        "|not point at a private, loopback or reserved address))",
+        ("post", "/device/subscription"): "subscription[.](keys[.]p256dh is not a point on "
+        "P-256|endpoint must (be an https URL|be a valid URL|name a host|not carry credentials"
+        "|not have a fragment|name its host, or give its address in the usual form"
+        "|not point at a private, loopback or reserved address))",
+        ("post", "/auth/initiate"): "a requested scope is not allowed for this service",
+        ("post", "/auth/verify"): "grantedScopes must be a subset of the requested scopes",
+        **dict.fromkeys(
+            (("get", "/authorize"), ("post", "/authorize")),
+            "unknown client_id|this client is not registered for the authorization code flow"
+            "|redirect_uri is missing or not registered for this client"
+            "|the login request is too large",
+        ),
+        ("post", "/authorize/session"): "this login page (is not valid|has expired); start "
+        "again from the site|a requested scope is not allowed for this service",
+        ("post", "/token"): f"{_CLIENT_AUTHENTICATION}|code is required|auth_req_id is required"
+        "|the code (is not valid|was issued to another client|has already been used"
+        "|is not valid or has expired)|redirect_uri differs from the authorization request's"
+        "|code_verifier given, but the request had no code_challenge"
+        "|code_verifier does not match the code_challenge"
+        "|auth_req_id (is not valid|was issued to another client)"
+        "|the user has not answered yet|polled too fast: wait at least [0-9]+ seconds between "
+        "polls|the user denied the request|the request expired before the user answered"
+        "|the tokens of this auth_req_id have been handed out",
+        ("post", "/bc-authorize"): f"{_CLIENT_AUTHENTICATION}|{_SCOPE_PARAMETER}"
+        "|(request|request_uri|user_code) is not supported"
+        "|exactly one of login_hint, login_hint_token, id_token_hint"
+        "|(login_hint_token|id_token_hint) is not supported: name the user by login_hint"
+        "|binding_message must be 1 to 64 characters, without leading or trailing spaces"
+        "|binding_message may hold only letters, digits, punctuation, symbols and spaces"
+        "|client_notification_token is required in ping mode",
+    }.items()
+}
+_ERROR_PAGE = re.compile(r'<p class="error" role="alert">(.*?)</p>', re.S)
+
+
+def refusal_description(response: Any) -> str:
+    """The ``error_description`` of a refusal, or the text of an error page."""
+    if response.headers.get("content-type", [""])[0].startswith("text/html"):
+        found = _ERROR_PAGE.search(response.text)
+        return html.unescape(found.group(1)) if found else ""
+    description: str = response.json()["error_description"]
+    return description
 
 
 def valid_data_is_accepted(ctx: CheckContext, response: Any, case: Any) -> bool | None:
     """Schemathesis' ``positive_data_acceptance``, with the one refusal the document allows
     schema-valid data: a 400 for a rule JSON Schema cannot express, which the member's
     description states (a PEM that holds no P-256 key, a push endpoint outside the URL rules
-    or the address policy, a point off the curve, scopes the service does not allow). The body
-    must pass the declared validation, so the refusal came from that later rule, and the
-    refusal must be one of those rules'."""
+    or the address policy, a point off the curve, scopes the service does not allow, a client
+    or a code that is not registered or not valid). The request must pass the declared
+    validation, so the refusal came from that later rule, and the refusal must be one of the
+    rules of that operation."""
     try:
         return positive_data_acceptance(ctx, response, case)
     except Exception:
+        beyond = BEYOND_THE_SCHEMA.get((case.method.lower(), case.path))
         if (
             response.status_code == 400
+            and beyond is not None
             and passes_its_declaration(case)
-            and BEYOND_THE_SCHEMA.fullmatch(response.json()["error_description"])
+            and beyond.fullmatch(refusal_description(response))
         ):
             return None
         raise
@@ -389,15 +508,21 @@ class Live:
         expected: int,
         *,
         body: Any = None,
+        form: dict[str, str] | None = None,
+        query: dict[str, str] | None = None,
+        path_parameters: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         error: str | None = None,
     ) -> schemathesis.Response:
-        """One request through schemathesis, with every check; returns the response."""
+        """One request through schemathesis, with every check; returns the response. ``body``
+        is sent as JSON, ``form`` form-encoded."""
         operation = self.schema[path][method]
-        if body is None:
-            case = operation.Case(headers=headers)
-        else:
-            case = operation.Case(body=body, headers=headers, media_type="application/json")
+        sent: dict[str, Any] = {}
+        if body is not None:
+            sent = {"body": body, "media_type": "application/json"}
+        elif form is not None:
+            sent = {"body": form, "media_type": FORM}
+        case = operation.Case(headers=headers, query=query, path_parameters=path_parameters, **sent)
         resp = case.call_and_validate(base_url=self.base_url, checks=CHECKS)
         assert resp.status_code == expected, (method, path, resp.status_code, resp.text)
         if error is not None:
@@ -417,6 +542,18 @@ def header(resp: schemathesis.Response, name: str) -> str:
     """A header of a schemathesis response (lowercase names, lists of values)."""
     values: list[str] = resp.headers[name.lower()]
     return values[0]
+
+
+def enrolled(live: Live, device: Device, body: dict[str, Any]) -> Device:
+    """The device, enrolled through ``/enroll`` with ``body``."""
+    data = live.call("POST", "/enroll", 201, body=body).json()
+    device.enrollment = Enrollment(
+        token_id=data["tokenId"],
+        device_id=data["deviceId"],
+        expires_at=data["expiresAt"],
+        credential=data["credential"],
+    )
+    return device
 
 
 def walk_the_contract(live: Live) -> None:
@@ -439,14 +576,7 @@ def walk_the_contract(live: Live) -> None:
     dying, _ = live.receiver.new_subscription(Respond(410), application_server_key=vapid)
     device = Device(op.http, device_id="phone-oa")
     token = op.issuer.mint("user-oa")
-    body = device.enroll_body(token, push_subscription=dying.to_json())
-    data = live.call("POST", "/enroll", 201, body=body).json()
-    device.enrollment = Enrollment(
-        token_id=data["tokenId"],
-        device_id=data["deviceId"],
-        expires_at=data["expiresAt"],
-        credential=data["credential"],
-    )
+    enrolled(live, device, device.enroll_body(token, push_subscription=dying.to_json()))
     again = Device(op.http, device_id="phone-oa").enroll_body(token)
     live.call("POST", "/enroll", 409, body=again, error="token_replayed")
 
@@ -537,6 +667,112 @@ def walk_the_contract(live: Live) -> None:
     live.raw("POST", "/enroll", 413, json={"pad": "x" * (64 * 1024)})
 
 
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    credentials = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    return {"Authorization": f"Basic {credentials}"}
+
+
+def walk_the_standard_doors(live: Live) -> None:
+    """OpenID Connect through the hosted page, the token endpoint and userinfo, then CIBA,
+    with their characteristic answers: pages, redirects, challenges and the OAuth codes."""
+    op = live.op
+    device = Device(op.http, device_id="phone-oc")
+    enrolled(live, device, device.enroll_body(op.issuer.mint("user-oc")))
+
+    # The authorization request: the page, by query and by form; an error the client hears
+    # of at its redirect URI; one that is not the client's own, on the error page.
+    verifier, challenge = pkce_pair()
+    request = {
+        "response_type": "code",
+        "client_id": "webapp",
+        "redirect_uri": REDIRECT_URI,
+        "scope": "openid profile",
+        "state": "st-oa",
+        "nonce": "n-oa",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    shown = live.call("GET", "/authorize", 200, query=request)
+    assert "frame-ancestors 'none'" in header(shown, "Content-Security-Policy")
+    handle = page_config(shown.text)["handle"]
+    live.call("POST", "/authorize", 200, form=request)
+    resp = live.call("GET", "/authorize", 303, query={**request, "prompt": "none"})
+    assert query_of(header(resp, "Location"))["error"] == "login_required"
+    resp = live.call("POST", "/authorize", 400, form={**request, "client_id": "nobody"})
+    assert refusal_description(resp) == "unknown client_id"
+    static = "/authorize/static/{name}"
+    live.call("GET", static, 200, path_parameters={"name": "authorize.js"})
+    live.call("GET", static, 404, path_parameters={"name": "other.js"}, error="not_found")
+
+    # The page's own calls, the phone's approval, and the code at the token endpoint.
+    started = live.call(
+        "POST", "/authorize/session", 201, body={"handle": handle, "tokenId": "user-oc"}
+    ).json()
+    forged = {"handle": "A" * 200, "tokenId": "user-oc"}
+    live.call("POST", "/authorize/session", 400, body=forged, error="invalid_request")
+    login = {"sessionId": started["sessionId"], "wsToken": started["wsToken"]}
+    live.call("POST", "/authorize/complete", 409, body=login, error="authorization_pending")
+    approve = device.verify_body(started["sessionId"], started["autoPassword"], ["identity:name"])
+    live.call("POST", "/auth/verify", 200, body=approve)
+    redirect = live.call("POST", "/authorize/complete", 200, body=login).json()["redirect"]
+    exchange = {
+        "grant_type": "authorization_code",
+        "code": query_of(redirect)["code"],
+        "redirect_uri": REDIRECT_URI,
+        "code_verifier": verifier,
+    }
+    webapp = basic("webapp", WEBAPP_SECRET)
+    resp = live.call(
+        "POST", "/token", 401, form=exchange, headers=basic("webapp", "x"), error="invalid_client"
+    )
+    assert header(resp, "WWW-Authenticate").startswith("Basic ")
+    live.raw("POST", "/token", 415, json=exchange, headers=webapp)
+    tokens = live.call("POST", "/token", 200, form=exchange, headers=webapp).json()
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert live.call("GET", "/userinfo", 200, headers=bearer).json()["sub"] == "user-oc"
+    live.call("POST", "/userinfo", 200, form={"access_token": tokens["access_token"]})
+    resp = live.call(
+        "GET", "/userinfo", 401, headers={"Authorization": "Bearer x"}, error="invalid_token"
+    )
+    assert "invalid_token" in header(resp, "WWW-Authenticate")
+    live.call("POST", "/userinfo", 401, error="invalid_request")
+    live.call("POST", "/token", 400, form=exchange, headers=webapp, error="invalid_grant")
+    refresh = {"grant_type": "refresh_token", "refresh_token": tokens["access_token"]}
+    live.call("POST", "/token", 400, form=refresh, headers=webapp, error="unsupported_grant_type")
+    for path in ("/token", "/userinfo"):
+        live.call("OPTIONS", path, 204)
+
+    # CIBA: a request the phone approves, collected once; one still waiting; refusals.
+    desk = basic("desk", DESK_SECRET)
+    ask = {"scope": "openid profile", "login_hint": "user-oc", "binding_message": "Call 42"}
+    started = live.call("POST", "/bc-authorize", 200, form=ask, headers=desk).json()
+    listed = poll_pending(live, device, lambda body: bool(body["sessions"]))
+    (view,) = listed["sessions"]
+    assert view["backchannel"] is True and view["bindingMessage"] == "Call 42"
+    approve = device.verify_body(
+        view["sessionId"], view["autoPassword"], ["identity:name"], binding_message="Call 42"
+    )
+    live.call("POST", "/auth/verify", 200, body=approve)
+    poll = {"grant_type": CIBA_GRANT, "auth_req_id": started["auth_req_id"]}
+    live.call("POST", "/token", 200, form=poll, headers=desk)
+    waiting = live.call(
+        "POST", "/bc-authorize", 200, form={**ask, "binding_message": "Call 43"}, headers=desk
+    ).json()
+    poll["auth_req_id"] = waiting["auth_req_id"]
+    live.call("POST", "/token", 400, form=poll, headers=desk, error="authorization_pending")
+    for change, error in (
+        ({"binding_message": " Call 44"}, "invalid_binding_message"),
+        ({"scope": "profile"}, "invalid_scope"),
+        ({"requested_expiry": "0"}, "invalid_request"),
+        ({"login_hint": "user-oc", "id_token_hint": "eyJ.x.y"}, "invalid_request"),
+    ):
+        live.call("POST", "/bc-authorize", 400, form={**ask, **change}, headers=desk, error=error)
+    resp = live.call(
+        "POST", "/bc-authorize", 401, form=ask, headers=basic("desk", "x"), error="invalid_client"
+    )
+    assert header(resp, "WWW-Authenticate").startswith("Basic ")
+
+
 def poll_pending(
     live: Live, device: Device, done: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
@@ -577,8 +813,11 @@ def fuzz_every_operation(live: Live) -> list[str]:
     )
     with requests.Session() as session:
         for operation in operations:
-            # Invalid data needs something to break: a body (GETs take no input worth negating).
-            negative = "requestBody" in operation.definition.raw
+            # Invalid data needs something to break: a body, a query or a path parameter.
+            raw = operation.definition.raw
+            negative = "requestBody" in raw or any(
+                parameter["in"] in ("query", "path") for parameter in raw.get("parameters", [])
+            )
             modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if negative else [])
             for mode in modes:
 
@@ -614,6 +853,7 @@ async def test_the_running_server_conforms_to_its_document(
         started = time.monotonic()
         # The walk first: generated /enroll requests use up the per-address enrollment limit.
         await asyncio.to_thread(walk_the_contract, live)
+        await asyncio.to_thread(walk_the_standard_doors, live)
         failures = await asyncio.to_thread(fuzz_every_operation, live)
         assert not failures, "\n\n".join(failures)
         assert time.monotonic() - started < 120

@@ -1,4 +1,6 @@
-"""Every request and response body of the API, declared once (wire contract §1 and §2).
+"""The request and response bodies of the IDToken protocol, declared once (wire contract §1 and
+§2); the published documents' are in :mod:`idtoken.api.metadata_bodies`, OpenID Connect's and
+CIBA's in :mod:`idtoken.api.oidc_bodies` and :mod:`idtoken.api.oidc_responses`.
 
 The endpoints validate requests with these declarations (:class:`~idtoken.wire.declare.Body`)
 and build responses typed by them; the OpenAPI document's ``components.schemas`` are generated
@@ -9,7 +11,7 @@ member's description, with the status and code that enforce it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Literal, NotRequired
 
 from pydantic import ConfigDict, Field, with_config
 from typing_extensions import TypeAliasType, TypedDict
@@ -19,7 +21,6 @@ from idtoken.login import REJECT_REASONS
 from idtoken.push.base import PushSubscriptionMember
 from idtoken.wire.declare import STRICT, Body, Kind
 from idtoken.wire.kinds import (
-    B64URL,
     CompactJws,
     Id,
     Otp,
@@ -48,7 +49,15 @@ IsoTime = TypeAliasType(
     ],
 )
 Uri = Annotated[str, Field(json_schema_extra={"format": "uri"})]
-_COMPACT_JWS = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"
+COMPACT_JWS = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"
+NewSessionId = Annotated[str, Field(pattern=r"^sess_[A-Za-z0-9_-]{22,123}$")]
+WsToken = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9_-]{22,}$",
+        description="The secret for the session's WebSocket (`?token=`).",
+    ),
+]
 
 
 # ------------------------------------------------------------------------------ requests
@@ -202,15 +211,9 @@ class Error(TypedDict):
 
 @with_config(STRICT)
 class InitiateResponse(TypedDict):
-    sessionId: Annotated[str, Field(pattern=r"^sess_[A-Za-z0-9_-]{22,123}$")]
+    sessionId: NewSessionId
     autoPassword: Annotated[Otp, Field(description="The code the browser shows.")]
-    wsToken: Annotated[
-        str,
-        Field(
-            pattern=r"^[A-Za-z0-9_-]{22,}$",
-            description="The secret for the session's WebSocket (`?token=`).",
-        ),
-    ]
+    wsToken: WsToken
     expiresAt: Annotated[IsoTime, Field(description="When the session (and its code) expires.")]
     random: Annotated[str, Field(pattern="^[0-9a-f]{16}$")]
 
@@ -224,7 +227,7 @@ class EnrollResponse(TypedDict):
     credential: Annotated[
         str,
         Field(
-            pattern=_COMPACT_JWS,
+            pattern=COMPACT_JWS,
             description=(
                 "A JWS signed by the operator (`typ: idtoken-credential+jwt`); the app sends it "
                 "with every approval."
@@ -242,7 +245,42 @@ class PendingSession(TypedDict):
     expiresAt: IsoTime
     autoPassword: NotRequired[
         Annotated[
-            Otp, Field(description="Present only when the service's `otp_mode` is `display`.")
+            Otp,
+            Field(
+                description=(
+                    "Present when the service's `otp_mode` is `display`, and for a backchannel "
+                    "request (the phone signs with it; no browser shows it)."
+                )
+            ),
+        ]
+    ]
+    backchannel: NotRequired[
+        Annotated[
+            Literal[True],
+            Field(description="A CIBA request: no browser is involved (docs/mobile-app.md)."),
+        ]
+    ]
+    bindingMessage: NotRequired[
+        Annotated[
+            str,
+            Field(
+                description=(
+                    "A CIBA request's binding message, shown instead of a code to compare and "
+                    "signed with the approval."
+                )
+            ),
+        ]
+    ]
+    minTrustLevel: NotRequired[
+        Annotated[
+            int,
+            Field(
+                ge=1,
+                description=(
+                    "The lowest trust level the request accepts (`acr_values`); a credential "
+                    "below it is 403 `insufficient_trust_level`."
+                ),
+            ),
         ]
     ]
 
@@ -295,69 +333,6 @@ class NotReady(TypedDict):
     keys: NotRequired[Literal["none"]]
 
 
-@with_config(STRICT)
-class Jwk(TypedDict):
-    kty: Literal["EC"]
-    crv: Literal["P-256"]
-    x: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43}$")]
-    y: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43}$")]
-    kid: Annotated[str, Field(min_length=1)]
-    use: Literal["sig"]
-    alg: Literal["ES256"]
-
-
-@with_config(STRICT)
-class Jwks(TypedDict):
-    keys: list[Jwk]
-
-
-@with_config(OPEN)
-class Discovery(TypedDict):
-    """OpenID Provider metadata plus the operator's own endpoints."""
-
-    issuer: Uri
-    jwks_uri: Uri
-    scopes_supported: list[Scope]
-    claims_supported: list[str]
-    id_token_signing_alg_values_supported: list[Literal["ES256"]]
-    subject_types_supported: NotRequired[list[str]]
-    auth_initiate_endpoint: Uri
-    auth_verify_endpoint: Uri
-    auth_reject_endpoint: Uri
-    auth_pending_endpoint: Uri
-    enrollment_endpoint: Uri
-    device_subscription_endpoint: NotRequired[Uri]
-    session_websocket_endpoint: Annotated[
-        str, Field(description="`ws(s)://…/ws/session/{sessionId}`")
-    ]
-    push_vapid_public_key: Annotated[
-        str,
-        Field(pattern=B64URL, description="The VAPID `applicationServerKey` (base64url)."),
-    ]
-    device_signing_alg_values_supported: NotRequired[list[Literal["ES256"]]]
-    otp_modes_supported: NotRequired[list[Literal["display", "typed"]]]
-
-
-@with_config(STRICT)
-class Pointer(TypedDict):
-    """Where to go from the operator's bare address (api/root.py)."""
-
-    service: Literal["IDToken Operator"]
-    issuer: Uri
-    openid_configuration: Uri
-    openapi: Uri
-    documentation: str
-
-
-@with_config(OPEN)
-class OpenApiDocument(TypedDict):
-    """The OpenAPI 3.1 document."""
-
-    openapi: str
-    info: dict[str, Any]
-    paths: dict[str, Any]
-
-
 REQUESTS = (
     InitiateRequest,
     EnrollRequest,
@@ -377,8 +352,4 @@ RESPONSES = (
     Alive,
     Ready,
     NotReady,
-    Jwks,
-    Discovery,
-    Pointer,
-    OpenApiDocument,
 )

@@ -4,7 +4,7 @@ operator's bare address. What ``/metrics`` and ``/`` answer depends on the confi
 
 from __future__ import annotations
 
-from idtoken.api import bodies
+from idtoken.api import bodies, metadata_bodies
 from idtoken.wire.operation import NO_STORE, Operation, refused, reply
 from idtoken.wire.schema import JsonObject, ref
 
@@ -55,7 +55,7 @@ JWKS = get(
     "metadata",
     "The operator's public signing keys",
     {
-        "200": reply(bodies.Jwks, "The JWKS.", cache=_PUBLIC_CACHE, ETag=_ETAG),
+        "200": reply(metadata_bodies.Jwks, "The JWKS.", cache=_PUBLIC_CACHE, ETag=_ETAG),
         "304": {
             "description": "The key set has not changed.",
             "headers": {"Cache-Control": _PUBLIC_CACHE, "ETag": _ETAG},
@@ -74,7 +74,7 @@ DISCOVERY = get(
     "getOpenidConfiguration",
     "metadata",
     "Discovery document",
-    {"200": reply(bodies.Discovery, "The discovery document.", cache=_PUBLIC_CACHE)},
+    {"200": reply(metadata_bodies.Discovery, "The discovery document.", cache=_PUBLIC_CACHE)},
 )
 OPENAPI = get(
     "/openapi.json",
@@ -157,7 +157,7 @@ def root(demo: bool) -> Operation:
             }
         }
     else:
-        responses = {"200": reply(bodies.Pointer, "Where to go from here.")}
+        responses = {"200": reply(metadata_bodies.Pointer, "Where to go from here.")}
     return get(
         "/",
         "root",

@@ -9,14 +9,15 @@ authorization errors go back to the client's redirect URI.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from idtoken.api.body import read_json
+from idtoken.api.body import read_body
 from idtoken.api.form import parse_pairs, read_form, read_form_pairs
+from idtoken.api.oidc_bodies import AUTHORIZE_COMPLETE, AUTHORIZE_SESSION, TOKEN, USERINFO
+from idtoken.api.oidc_responses import AuthorizeCompleteResponse, AuthorizeSessionResponse
 from idtoken.api.responses import error_response, json_response
 from idtoken.api.runtime import Runtime, runtime
 from idtoken.errors import (
@@ -27,7 +28,7 @@ from idtoken.errors import (
     TemporarilyUnavailable,
     UnsupportedGrantType,
 )
-from idtoken.ids import ID_PATTERN, iso_z
+from idtoken.ids import iso_z
 from idtoken.oidc.authorize import (
     MAX_QUERY,
     RedirectableError,
@@ -39,10 +40,7 @@ from idtoken.oidc.clients import presented_client
 from idtoken.oidc.exchange import AUTHORIZATION_CODE, CIBA_GRANT
 from idtoken.oidc.page import STATIC_TYPES, error_page, login_page, security_headers, static_asset
 from idtoken.oidc.runtime import OidcRuntime
-from idtoken.oidc.secret import MAX_SEALED_LENGTH
 
-MAX_HANDLE = MAX_SEALED_LENGTH  # the page's handle is a sealed value
-MAX_WS_TOKEN = 64
 _TOKEN_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _CORS = {"Access-Control-Allow-Origin": "*"}
 _PREFLIGHT = {
@@ -64,8 +62,11 @@ def _ws_origin(request: Request) -> str:
     return f"{'wss' if request.url.scheme == 'https' else 'ws'}://{request.url.netloc}"
 
 
-def _page(request: Request, html: str, status: int = 200) -> Response:
-    return HTMLResponse(html, status_code=status, headers=security_headers(_ws_origin(request)))
+def _page(
+    request: Request, html: str, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    headers = {**security_headers(_ws_origin(request)), **(headers or {})}
+    return HTMLResponse(html, status_code=status, headers=headers)
 
 
 # ------------------------------------------------------------------------- /authorize
@@ -74,7 +75,7 @@ async def authorize(request: Request) -> Response:
     try:
         oidc = oidc_runtime(rt)
     except TemporarilyUnavailable as exc:
-        return _page(request, error_page(exc.description), 503)
+        return _page(request, error_page(exc.description), 503, exc.headers)
     if request.method == "POST":
         # As for a query: the page, never JSON, and repeats left to the request's checks.
         try:
@@ -126,57 +127,43 @@ async def authorize_static(request: Request) -> Response:
     )
 
 
-def _members(body: Mapping[str, Any], *names: str) -> list[str]:
-    """Exactly the string members ``names`` (the page's own requests)."""
-    if set(body) != set(names) or not all(isinstance(body[n], str) for n in names):
-        raise InvalidRequest(f"the body must have exactly: {', '.join(names)} (strings)")
-    return [str(body[n]) for n in names]
-
-
 async def authorize_session(request: Request) -> Response:
     """The hosted page starts the login for a tokenId."""
     oidc = oidc_runtime(runtime(request))
-    handle, token_id = _members(await read_json(request), "handle", "tokenId")
-    if not 0 < len(handle) <= MAX_HANDLE:
-        raise InvalidRequest("this login page is not valid; start again from the site")
-    if not ID_PATTERN.match(token_id):
-        raise InvalidRequest("tokenId must match ^[A-Za-z0-9._:@-]{1,128}$")
-    started = await oidc.hosted.start(handle, token_id)
+    body = await read_body(request, AUTHORIZE_SESSION)
+    started = await oidc.hosted.start(body["handle"], body["tokenId"])
     s = started.initiated
-    return json_response(
-        {
-            "sessionId": s.session_id,
-            "wsToken": s.ws_token,
-            "autoPassword": s.auto_password,
-            "expiresAt": iso_z(s.expires_at),
-            "otpMode": started.service.otp_mode,
-        },
-        status=201,
-    )
+    created: AuthorizeSessionResponse = {
+        "sessionId": s.session_id,
+        "wsToken": s.ws_token,
+        "autoPassword": s.auto_password,
+        "expiresAt": iso_z(s.expires_at),
+        "otpMode": started.service.otp_mode,
+    }
+    return json_response(created, status=201)
 
 
 async def authorize_complete(request: Request) -> Response:
     """Where the hosted page sends the browser once the socket reported the outcome."""
     oidc = oidc_runtime(runtime(request))
-    session_id, ws_token = _members(await read_json(request), "sessionId", "wsToken")
-    if len(ws_token) > MAX_WS_TOKEN:
-        raise InvalidRequest("wsToken is not valid")
-    return json_response({"redirect": await oidc.hosted.complete(session_id, ws_token)})
+    body = await read_body(request, AUTHORIZE_COMPLETE)
+    outcome: AuthorizeCompleteResponse = {
+        "redirect": await oidc.hosted.complete(body["sessionId"], body["wsToken"])
+    }
+    return json_response(outcome)
 
 
 # ------------------------------------------------------------------------- /token
 async def token(request: Request) -> Response:
     rt = runtime(request)
     oidc = oidc_runtime(rt)
-    form = await read_form(request)
+    form = TOKEN.decode(await read_form(request))
     presented = presented_client(
         request.headers.get("authorization"), form.get("client_id"), form.get("client_secret")
     )
     address = request.client.host if request.client else "unknown"
     client = await oidc.clients.authenticate(presented, address)
-    grant_type = form.get("grant_type")
-    if grant_type is None:
-        raise InvalidRequest("grant_type is required")
+    grant_type = form["grant_type"]
     if grant_type == AUTHORIZATION_CODE:
         body = await oidc.exchange.authorization_code(
             client, form.get("code"), form.get("redirect_uri"), form.get("code_verifier")
@@ -193,8 +180,8 @@ async def userinfo(request: Request) -> Response:
     oidc = oidc_runtime(runtime(request))
     scheme, _, value = (request.headers.get("authorization") or "").partition(" ")
     access_token = value.strip() if scheme.lower() == "bearer" else ""
-    if not access_token and request.method == "POST":
-        form = await read_form(request)  # RFC 6750 §2.2
+    if not access_token and request.method == "POST" and "content-type" in request.headers:
+        form = USERINFO.decode(await read_form(request))  # RFC 6750 §2.2
         access_token = form.get("access_token", "")
     if not access_token:
         return error_response(_challenge(MissingToken("a Bearer access token is required")))

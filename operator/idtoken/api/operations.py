@@ -2,8 +2,10 @@
 endpoint reads (the same :class:`~idtoken.wire.declare.Body` object the endpoint validates
 with), its success body and the error codes each status can carry (docs/errors.md).
 
-The POST operations are here, the GET ones in :mod:`idtoken.api.get_operations`; what those
-answer may depend on the configuration (``/metrics``, ``/``).
+The IDToken protocol's POST operations are here, the GET ones in
+:mod:`idtoken.api.get_operations` (what those answer may depend on the configuration:
+``/metrics``, ``/``), the OpenID Connect and CIBA ones in :mod:`idtoken.api.oidc_operations`;
+:func:`idtoken.api.openapi.operations` lists them all.
 """
 
 from __future__ import annotations
@@ -11,19 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from idtoken.api import bodies
-from idtoken.api import get_operations as get
 from idtoken.api.body import MAX_BODY
 from idtoken.api.get_operations import BEARER_CHALLENGE
-from idtoken.settings import Settings
 from idtoken.wire.declare import Body
-from idtoken.wire.operation import Operation, refused, reply, shared
+from idtoken.wire.operation import RETRY_AFTER, Operation, refused, reply, shared
 from idtoken.wire.schema import JsonObject
-
-_RETRY_AFTER: JsonObject = {
-    "description": "Seconds to wait before trying again.",
-    "required": True,
-    "schema": {"type": "integer", "minimum": 1},
-}
 
 RESPONSES: JsonObject = {
     "RequestTooLarge": refused(
@@ -33,15 +27,18 @@ RESPONSES: JsonObject = {
     "UnsupportedMediaType": refused(
         "The body is not `application/json` (UTF-8).", "unsupported_media_type"
     ),
+    "UnsupportedFormMediaType": refused(
+        "The body is not `application/x-www-form-urlencoded`.", "unsupported_media_type"
+    ),
     "TooManyRequests": refused(
         "A limit was hit (see the operation); `Retry-After` says when to try again.",
         "too_many_requests",
-        **{"Retry-After": _RETRY_AFTER},
+        **{"Retry-After": RETRY_AFTER},
     ),
     "TemporarilyUnavailable": refused(
         "The store is unreachable. Nothing was written and no push sent.",
         "temporarily_unavailable",
-        **{"Retry-After": _RETRY_AFTER},
+        **{"Retry-After": RETRY_AFTER},
     ),
 }
 """Responses that several operations share (``components.responses``)."""
@@ -68,7 +65,7 @@ _SESSION_OVER: JsonObject = {
 }
 
 
-def _post(
+def post(
     path: str,
     operation_id: str,
     tag: str,
@@ -80,15 +77,19 @@ def _post(
     *,
     limited: bool = False,
     security: list[JsonObject] | None = None,
+    success_headers: JsonObject | None = None,
+    unavailable: JsonObject | None = None,
 ) -> Operation:
-    """A POST with a JSON body: 413, 415 and 503 always, 429 when ``limited``."""
+    """A POST with a body: 413, 415 (for the body's media type) and 503 always, 429 when
+    ``limited``."""
     status, body, success_description = success
-    responses = {status: reply(body, success_description), **errors}
+    responses = {status: reply(body, success_description, **(success_headers or {})), **errors}
     responses["413"] = shared("RequestTooLarge")
-    responses["415"] = shared("UnsupportedMediaType")
+    json_body = request.media_type == "application/json"
+    responses["415"] = shared("UnsupportedMediaType" if json_body else "UnsupportedFormMediaType")
     if limited:
         responses["429"] = shared("TooManyRequests")
-    responses["503"] = shared("TemporarilyUnavailable")
+    responses["503"] = unavailable or shared("TemporarilyUnavailable")
     return Operation(
         "post",
         path,
@@ -102,7 +103,7 @@ def _post(
     )
 
 
-INITIATE = _post(
+INITIATE = post(
     "/auth/initiate",
     "initiateLogin",
     "relying party",
@@ -134,7 +135,7 @@ INITIATE = _post(
     limited=True,
     security=[{}, {"clientSecret": []}],
 )
-ENROLL = _post(
+ENROLL = post(
     "/enroll",
     "enrollDevice",
     "mobile app",
@@ -163,7 +164,7 @@ ENROLL = _post(
     },
     limited=True,
 )
-VERIFY = _post(
+VERIFY = post(
     "/auth/verify",
     "approveLogin",
     "mobile app",
@@ -195,7 +196,7 @@ VERIFY = _post(
     },
     limited=True,
 )
-REJECT = _post(
+REJECT = post(
     "/auth/reject",
     "rejectLogin",
     "mobile app",
@@ -216,7 +217,7 @@ REJECT = _post(
     },
     limited=True,
 )
-PENDING = _post(
+PENDING = post(
     "/auth/pending",
     "listPendingSessions",
     "mobile app",
@@ -227,7 +228,7 @@ PENDING = _post(
     ("200", bodies.PendingResponse, "The pending sessions."),
     _TOKEN_SIGNED,
 )
-SUBSCRIPTION = _post(
+SUBSCRIPTION = post(
     "/device/subscription",
     "replacePushSubscription",
     "mobile app",
@@ -239,18 +240,4 @@ SUBSCRIPTION = _post(
 )
 
 WITH_BODIES = (INITIATE, ENROLL, VERIFY, REJECT, PENDING, SUBSCRIPTION)
-"""The operations that take a request body."""
-
-
-def operations(settings: Settings) -> list[Operation]:
-    """Every operation of an operator with these settings, in the document's order."""
-    return [
-        *WITH_BODIES,
-        get.JWKS,
-        get.DISCOVERY,
-        get.OPENAPI,
-        get.HEALTHZ,
-        get.READYZ,
-        get.metrics(settings.metrics.token is not None),
-        get.root(settings.demo.enabled),
-    ]
+"""The IDToken protocol's operations that take a request body."""

@@ -19,11 +19,16 @@ from idtoken.ids import ID_PATTERN
 from idtoken.oidc.claims import ScopeRequestError, identity_scopes, min_trust_level
 from idtoken.settings import ServiceSettings
 
+# The parameters' syntax: the OpenAPI document spells it from these (api/oidc_bodies.py).
 MAX_QUERY = 8192
 MAX_STATE = 1024
 MAX_NONCE = 255
-_PKCE_S256 = re.compile(r"\A[A-Za-z0-9_-]{43}\Z")
-_PRINTABLE = re.compile(r"\A[\x20-\x7e]*\Z")
+RESPONSE_TYPE = "code"
+RESPONSE_MODE = "query"
+PKCE_METHOD = "S256"
+PKCE_S256 = re.compile(r"\A[A-Za-z0-9_-]{43}\Z")
+PRINTABLE = re.compile(r"\A[\x20-\x7e]*\Z")
+MAX_AGE = re.compile(r"\A[0-9]{1,10}\Z")
 PROMPTS = frozenset({"none", "login", "consent", "select_account"})
 
 
@@ -98,7 +103,7 @@ def parse_authorization_request(
     state = params.get("state")
     # RFC 6749 Appendix A.5: state = 1*VSCHAR.
     state_ok = "state" not in repeated and (
-        state is None or (len(state) <= MAX_STATE and _PRINTABLE.match(state) is not None)
+        state is None or (len(state) <= MAX_STATE and PRINTABLE.match(state) is not None)
     )
 
     def fail(code: str, description: str) -> RedirectableError:
@@ -122,9 +127,9 @@ def parse_authorization_request(
     response_type = params.get("response_type")
     if not response_type:
         raise fail("invalid_request", "response_type is required")
-    if response_type != "code":
+    if response_type != RESPONSE_TYPE:
         raise fail("unsupported_response_type", "only response_type=code is supported")
-    if params.get("response_mode", "query") != "query":
+    if params.get("response_mode", RESPONSE_MODE) != RESPONSE_MODE:
         raise fail("invalid_request", "only response_mode=query is supported")
     try:
         scopes = identity_scopes(params.get("scope", ""), service.allowed_scopes)
@@ -139,13 +144,13 @@ def parse_authorization_request(
         if service.token_endpoint_auth_method == "none":  # noqa: S105 - a method's name
             raise fail("invalid_request", "a public client must use PKCE (code_challenge, S256)")
     else:
-        if method != "S256":
+        if method != PKCE_METHOD:
             raise fail("invalid_request", "code_challenge_method must be S256")
-        if not _PKCE_S256.match(challenge):
+        if not PKCE_S256.match(challenge):
             raise fail("invalid_request", "code_challenge must be 43 base64url characters")
 
     nonce = params.get("nonce")
-    if nonce is not None and not (0 < len(nonce) <= MAX_NONCE and _PRINTABLE.match(nonce)):
+    if nonce is not None and not (0 < len(nonce) <= MAX_NONCE and PRINTABLE.match(nonce)):
         raise fail("invalid_request", f"nonce must be 1 to {MAX_NONCE} printable characters")
 
     prompts = set(params.get("prompt", "").split())
@@ -158,7 +163,7 @@ def parse_authorization_request(
     max_age = None
     if "max_age" in params:
         text = params["max_age"]
-        if not text.isdigit() or len(text) > 10:
+        if not MAX_AGE.match(text):
             raise fail("invalid_request", "max_age must be a non-negative integer")
         max_age = int(text)
 

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 from typing import Any
 
 from idtoken import logs
@@ -32,11 +33,18 @@ security = logging.getLogger("idtoken.security")
 AUTHORIZATION_CODE = "authorization_code"
 CIBA_GRANT = "urn:openid:params:grant-type:ciba"
 REVOKED_KEEP = 86400  # the longest token_ttl
-_VERIFIER_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+CODE_VERIFIER = re.compile(r"\A[A-Za-z0-9\-._~]{43,128}\Z")  # RFC 7636 §4.1
 
 
 def revoked_name(jti: str) -> str:
     return f"revoked-access:{jti}"
+
+
+def check_code_verifier(verifier: str) -> str:
+    """A PKCE ``code_verifier`` of the right form (RFC 7636 §4.1), or ``invalid_request``."""
+    if not CODE_VERIFIER.match(verifier):
+        raise InvalidRequest("code_verifier must be 43 to 128 characters of [A-Za-z0-9-._~]")
+    return verifier
 
 
 def s256(verifier: str) -> str:
@@ -66,10 +74,8 @@ class TokenExchange:
     ) -> dict[str, Any]:
         if not code:
             raise InvalidRequest("code is required")
-        if code_verifier is not None and not (
-            43 <= len(code_verifier) <= 128 and set(code_verifier) <= _VERIFIER_CHARS
-        ):
-            raise InvalidRequest("code_verifier must be 43 to 128 characters of [A-Za-z0-9-._~]")
+        if code_verifier is not None:
+            check_code_verifier(code_verifier)
         now = self._clock.now()
         try:
             token_id, session_id, issued_to = self._tokens.locate(FOR_CODE, code)
