@@ -1,7 +1,7 @@
 """The hosted login page's HTML: the login form and the error page, from one template.
 
 Every value is HTML-escaped; the page's data travels as a JSON data block (never executed)
-whose ``<`` are escaped, so no value can end the block. The page's script and style are
+whose ``<`` are escaped, so no value can end the block. The page's script, style and icon are
 static files of this package served by the operator, under a Content-Security-Policy that
 allows nothing else (see :func:`security_headers`).
 """
@@ -19,6 +19,7 @@ from idtoken.scopes import SCOPE_LABELS
 STATIC_TYPES = {
     "authorize.js": "text/javascript; charset=utf-8",
     "authorize.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 
 
@@ -77,8 +78,9 @@ def login_page(
     else:
         asks = f'<p class="muted">{name} asks only to know that it is you: no personal details.</p>'
     hint = html.escape(login_hint or "", quote=True)
+    # With a hint the page starts at once: the question is shown only if that start fails.
     body = f"""{asks}
-  <form id="start" novalidate>
+  <form id="start" novalidate{" hidden" if login_hint else ""}>
     <label for="token-id">Your token ID</label>
     <input id="token-id" name="tokenId" value="{hint}" autocomplete="username"
       autocapitalize="off" spellcheck="false" required>

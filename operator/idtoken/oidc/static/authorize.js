@@ -18,6 +18,11 @@
     button.disabled = false;
   }
 
+  function refused(message) { // the question again (it is hidden when login_hint gave it)
+    show(form, true);
+    fail(message);
+  }
+
   async function start(tokenId) {
     show(problem, false);
     button.disabled = true;
@@ -30,12 +35,12 @@
         credentials: "omit",
       });
     } catch (e) {
-      fail("The login service cannot be reached. Check your connection and try again.");
+      refused("The login service cannot be reached. Check your connection and try again.");
       return;
     }
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
-      fail(body.error_description || "The login could not be started.");
+      refused(body.error_description || "The login could not be started.");
       return;
     }
     session = body;
