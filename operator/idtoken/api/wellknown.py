@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.types import Scope, Send
 
 from idtoken.api.runtime import Runtime, runtime
-from idtoken.oidc.authorize import PROMPTS
+from idtoken.oidc.authorize import PKCE_METHOD, PROMPTS, RESPONSE_MODE, RESPONSE_TYPE
 from idtoken.oidc.claims import ACR_VALUES, ID_TOKEN_CLAIMS, OPENID, STANDARD_SCOPES
 from idtoken.oidc.exchange import AUTHORIZATION_CODE, CIBA_GRANT
 from idtoken.scopes import KNOWN_SCOPES, SUPPORTED_CLAIMS
@@ -58,10 +58,10 @@ def discovery_document(settings: Settings, vapid_public_key: str) -> bytes:
         "token_endpoint": f"{base}/token",
         "userinfo_endpoint": f"{base}/userinfo",
         "scopes_supported": [OPENID, *STANDARD_SCOPES, *sorted(KNOWN_SCOPES)],
-        "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
+        "response_types_supported": [RESPONSE_TYPE],
+        "response_modes_supported": [RESPONSE_MODE],
         "grant_types_supported": [AUTHORIZATION_CODE, CIBA_GRANT],
-        "code_challenge_methods_supported": ["S256"],
+        "code_challenge_methods_supported": [PKCE_METHOD],
         "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
         "subject_types_supported": ["public", "pairwise"],
         "id_token_signing_alg_values_supported": ["ES256"],
