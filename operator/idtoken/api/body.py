@@ -22,14 +22,9 @@ T = TypeVar("T")
 MAX_BODY = 64 * 1024
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    content_type = request.headers.get("content-type", "")
-    media, _, params = content_type.partition(";")
-    if media.strip().lower() != "application/json":
-        raise UnsupportedMediaType("the request body must be application/json")
-    charset = params.strip().lower()
-    if charset and charset.replace(" ", "") not in ("charset=utf-8", 'charset="utf-8"'):
-        raise UnsupportedMediaType("the request body must be UTF-8 JSON")
+async def read_limited(request: Request) -> bytes:
+    """The request body, refused with 413 once it passes :data:`MAX_BODY` (while it streams
+    in: a chunked body without a length cannot make us buffer it)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -43,8 +38,20 @@ async def read_json(request: Request) -> dict[str, Any]:
         if size > MAX_BODY:
             raise RequestTooLarge("the request body is larger than 64 KiB")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "")
+    media, _, params = content_type.partition(";")
+    if media.strip().lower() != "application/json":
+        raise UnsupportedMediaType("the request body must be application/json")
+    charset = params.strip().lower()
+    if charset and charset.replace(" ", "") not in ("charset=utf-8", 'charset="utf-8"'):
+        raise UnsupportedMediaType("the request body must be UTF-8 JSON")
+    raw = await read_limited(request)
     try:
-        value = loads_strict_json(b"".join(chunks))
+        value = loads_strict_json(raw)
     except StrictJsonError as exc:
         raise InvalidRequest("the request body is not valid JSON", log_detail=str(exc)) from exc
     if not isinstance(value, dict):

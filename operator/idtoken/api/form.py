@@ -13,28 +13,10 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
-from idtoken.api.body import MAX_BODY
-from idtoken.errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
+from idtoken.api.body import read_limited
+from idtoken.errors import InvalidRequest, UnsupportedMediaType
 
 FORM = "application/x-www-form-urlencoded"
-
-
-async def read_limited(request: Request) -> bytes:
-    """The request body, refused with 413 once it passes :data:`MAX_BODY`."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidRequest("invalid Content-Length")
-        if int(declared) > MAX_BODY:
-            raise RequestTooLarge("the request body is larger than 64 KiB")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise RequestTooLarge("the request body is larger than 64 KiB")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:

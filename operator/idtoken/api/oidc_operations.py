@@ -174,7 +174,7 @@ AUTHORIZE_STATIC = Operation(
     "/authorize/static/{name}",
     "getHostedPageAsset",
     OIDC,
-    "The hosted page's script and style",
+    "The hosted page's script, style and icon",
     {
         "200": {
             "description": "The file.",

@@ -45,7 +45,7 @@ from idtoken.api.runtime import runtime
 from idtoken.client.relying_party import Initiation, JwksCache, RelyingParty, ResultError
 from idtoken.demo.config import DEMO_ISSUER_SUFFIX
 from idtoken.errors import InvalidRequest, NotFound, OperatorError, UnknownService
-from idtoken.scopes import COMPOSITES, KNOWN_SCOPES, SCOPE_CLAIMS
+from idtoken.scopes import COMPOSITES, KNOWN_SCOPES, SCOPE_CLAIMS, SCOPE_LABELS
 from idtoken.settings import IssuerSettings, ServiceSettings, Settings
 from idtoken.urls import is_loopback_host
 from idtoken.wire.declare import STRICT, Body
@@ -71,26 +71,6 @@ DEFAULT_IDENTITY: dict[str, str] = {
     "email": "marie.dupont@example.com",
 }
 
-SCOPE_LABELS: dict[str, str] = {
-    "identity:name": "Full name",
-    "identity:given_name": "Given name",
-    "identity:family_name": "Family name",
-    "identity:date_of_birth": "Date of birth",
-    "identity:nationality": "Nationality",
-    "identity:document": "Identity document",
-    "identity:trust_level": "Trust level",
-    "identity:age_over_18": "Over 18 (yes/no)",
-    "identity:age_over_21": "Over 21 (yes/no)",
-    "identity:age_over_25": "Over 25 (yes/no)",
-    "identity:age_range": "Age range",
-    "identity:is_eu_citizen": "EU citizen (yes/no)",
-    "identity:name_initial": "Initials",
-    "identity:email": "Email address",
-    "identity:phone": "Phone number",
-    "identity:basic": "Name and trust level",
-    "identity:age_verification": "Over 18 and name",
-    "identity:full": "Full identity",
-}
 
 _STATIC_TYPES = {
     "demo.css": "text/css; charset=utf-8",
