@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from idtoken import logs
 from idtoken.errors import (
     MethodNotAllowed,
     NotFound,
@@ -43,14 +44,15 @@ def error_response(error: OperatorError) -> Response:
 
 async def operator_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, OperatorError)
-    log.info(
+    # Written on every refusal, the expected answers too (a pending CIBA poll's
+    # authorization_pending): the same line as log.info(..., extra=...), without a LogRecord.
+    logs.event(
+        log,
         "request refused",
-        extra={
-            "path": request.url.path,
-            "error": exc.code,
-            "status": exc.status,
-            "detail": exc.log_detail,
-        },
+        path=request.url.path,
+        error=exc.code,
+        status=exc.status,
+        detail=exc.log_detail,
     )
     return error_response(exc)
 
