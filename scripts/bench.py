@@ -37,7 +37,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,9 +57,20 @@ AUDIENCE = "idtoken-operator"
 SERVICE = "bench"  # session_ttl = 60: throughput rounds
 SOCKET_SERVICE = "bench-sockets"  # session_ttl = 600: sockets held longer than a minute
 SCOPE = "identity:name"
+# OpenID Connect: a confidential web client (HTTP Basic, with PKCE) and a CIBA poll client.
+OIDC_CLIENT = "bench-oidc"
+OIDC_SECRET = "bench-oidc-client-secret-0123456789abcdef"  # noqa: S105 - the bench's own
+REDIRECT_URI = "http://127.0.0.1:9/callback"
+CIBA_CLIENT = "bench-ciba"  # session_ttl = 3600: its pending requests outlive the run
+CIBA_SECRET = "bench-ciba-client-secret-0123456789abcdef"  # noqa: S105 - the bench's own
+CODE_TTL = 60  # the most [oidc] code_ttl allows: codes are minted before each measurement
+CIBA_INTERVAL = 1  # the least [oidc] ciba_interval allows
+WARMUP_CODES = 3000  # the warm-up exchanges them in about a second: it calibrates the rate
 
 TARGETS = {
     "initiate_vs_starlette": 0.40,
+    "code_exchange_vs_starlette": 0.25,
+    "ciba_poll_vs_starlette": 0.45,
     "login_vs_starlette": 0.15,
     "jwks_vs_raw_asgi": 0.70,
     "two_workers_vs_one": 1.6,
@@ -86,6 +99,12 @@ class Plan:
     max_sockets: int
     socket_hold: float
     open_concurrency: int
+    # Pending CIBA requests polled round-robin: enough that even at the bare Starlette POST's
+    # rate none is polled twice within [oidc] ciba_interval (1 s). They are made for tokens of
+    # their own, ciba_per_token each, well under max_pending_per_token (100), so that the
+    # initiate rounds' tokens keep all of their pending allowance.
+    ciba_pending: int = 12_000
+    ciba_per_token: int = 24
 
     @staticmethod
     def full(rounds: int) -> Plan:
@@ -437,6 +456,68 @@ class Redis:
             "subscribers": len(subscribers),
         }
 
+    def command_calls(self) -> dict[str, int]:
+        """Calls so far of every command (``INFO commandstats``), without this query's own."""
+        calls = {
+            m.group(1): int(m.group(2))
+            for m in re.finditer(
+                r"cmdstat_([\w|]+):calls=(\d+)", self.command("INFO", "commandstats")
+            )
+        }
+        calls.pop("info", None)
+        return calls
+
+
+class RedisMonitor:
+    """Counts the commands Redis runs while it is open (``MONITOR``, read by a thread), split
+    by where they come from: sent by a client, or run inside a script (``[0 lua]``).
+    ``INFO commandstats`` counts both alike. MONITOR costs Redis CPU, so it watches warm-up
+    runs only, never a measurement."""
+
+    _LINE = re.compile(rb'^\+[\d.]+ \[\d+ ([^\]]+)\] "([^"]+)"')
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock.sendall(b"*1\r\n$7\r\nMONITOR\r\n")
+        self.counts: dict[str, dict[str, int]] = {"client": {}, "script": {}}
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        if not self.ready.wait(timeout=5):
+            raise RuntimeError("redis MONITOR did not start")
+
+    def _read(self) -> None:
+        buffer = b""
+        with contextlib.suppress(OSError):
+            while chunk := self.sock.recv(1 << 16):
+                *lines, buffer = (buffer + chunk).split(b"\r\n")
+                for line in lines:
+                    if line == b"+OK":
+                        self.ready.set()
+                    m = self._LINE.match(line)
+                    if m:
+                        side = self.counts["script" if m.group(1) == b"lua" else "client"]
+                        name = m.group(2).decode(errors="replace").lower()
+                        side[name] = side.get(name, 0) + 1
+
+    def close(self, per: int) -> dict[str, dict[str, float]]:
+        """Stop watching; the counts divided by ``per`` (the requests watched)."""
+        time.sleep(0.2)  # the last replies of the run reach the monitor
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(timeout=5)
+        return {
+            side: {k: round(v / max(1, per), 3) for k, v in sorted(c.items())}
+            for side, c in self.counts.items()
+        }
+
+
+def command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The commands Redis ran between two :meth:`Redis.command_calls` readings."""
+    delta = {name: n - before.get(name, 0) for name, n in after.items()}
+    return {name: n for name, n in sorted(delta.items()) if n > 0}
+
 
 # ============================================================================ config
 def b64url(data: bytes) -> str:
@@ -497,6 +578,30 @@ def write_config(work: Path, redis_url: str, issuer_key: ec.EllipticCurvePrivate
         allowed_scopes = ["{SCOPE}"]
         default_scopes = ["{SCOPE}"]
         session_ttl = 600
+
+        [[services]]
+        id = "{OIDC_CLIENT}"
+        name = "Benchmark web app"
+        allowed_scopes = ["{SCOPE}"]
+        default_scopes = ["{SCOPE}"]
+        client_secret_sha256 = "{hashlib.sha256(OIDC_SECRET.encode()).hexdigest()}"
+        redirect_uris = ["{REDIRECT_URI}"]
+        token_endpoint_auth_method = "client_secret_basic"
+        session_ttl = 60
+
+        [[services]]
+        id = "{CIBA_CLIENT}"
+        name = "Benchmark call centre"
+        allowed_scopes = ["{SCOPE}"]
+        default_scopes = ["{SCOPE}"]
+        client_secret_sha256 = "{hashlib.sha256(CIBA_SECRET.encode()).hexdigest()}"
+        token_endpoint_auth_method = "client_secret_basic"
+        backchannel_token_delivery_mode = "poll"
+        session_ttl = 3600
+
+        [oidc]
+        code_ttl = {CODE_TTL}
+        ciba_interval = {CIBA_INTERVAL}
 
         [limits]
         max_pending_per_token = 100
@@ -697,6 +802,9 @@ class HttpError(Exception):
     pass
 
 
+JSON_HEADERS = b"Content-Type: application/json\r\n"
+
+
 class Http:
     """A minimal keep-alive HTTP/1.1 client on asyncio streams (Content-Length bodies only).
 
@@ -718,13 +826,16 @@ class Http:
             self.writer.close()
             self.writer = None
 
-    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, body: bytes | None = None, body_headers: bytes = JSON_HEADERS
+    ) -> tuple[int, bytes]:
+        """One request; ``body_headers`` (whole header lines) are sent with a body."""
         if self.writer is None:
             await self.open()
         assert self.reader is not None and self.writer is not None
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), path.encode(), self.host)
         if body is not None:
-            head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+            head += body_headers + b"Content-Length: %d\r\n" % len(body)
         self.writer.write(head + b"\r\n" + (body or b""))
         try:
             headers = await self.reader.readuntil(b"\r\n\r\n")
@@ -770,8 +881,10 @@ class Token:
         ).encode()
 
 
-async def enroll_all(port: int, n: int, issuer_key: ec.EllipticCurvePrivateKey) -> list[Token]:
-    tokens = [Token(f"bench-{i:05d}", ec.generate_private_key(ec.SECP256R1())) for i in range(n)]
+async def enroll_all(
+    port: int, n: int, issuer_key: ec.EllipticCurvePrivateKey, prefix: str = "bench"
+) -> list[Token]:
+    tokens = [Token(f"{prefix}-{i:05d}", ec.generate_private_key(ec.SECP256R1())) for i in range(n)]
     queue: asyncio.Queue[Token] = asyncio.Queue()
     for t in tokens:
         queue.put_nowait(t)
@@ -814,6 +927,140 @@ async def enroll_all(port: int, n: int, issuer_key: ec.EllipticCurvePrivateKey) 
     return tokens
 
 
+# ============================================================================ OpenID Connect
+CIBA_GRANT = "urn:openid:params:grant-type:ciba"
+
+
+def basic_authorization(client_id: str, secret: str) -> str:
+    """``client_secret_basic`` (RFC 6749 §2.3.1; the ids and secrets here need no escaping)."""
+    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode("ascii")
+
+
+def form_headers(client_id: str, secret: str) -> bytes:
+    """A form POST's headers for :meth:`Http.request`, the client authenticated with Basic."""
+    return (
+        f"Authorization: {basic_authorization(client_id, secret)}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+    ).encode()
+
+
+_LOGIN_CONFIG = re.compile(
+    rb'<script type="application/json" id="login-config">(.*?)</script>', re.S
+)
+
+
+async def workers(
+    port: int, n: int, concurrency: int, one: Callable[[Http, int], Awaitable[None]]
+) -> None:
+    """``one(http, i)`` for i in 0..n-1, on ``concurrency`` keep-alive connections."""
+    todo = iter(range(n))
+
+    async def worker() -> None:
+        http = await Http(port).open()
+        try:
+            for i in todo:
+                await one(http, i)
+        finally:
+            http.close()
+
+    await asyncio.wait_for(
+        asyncio.gather(*(worker() for _ in range(concurrency))), timeout=120 + n / 50
+    )
+
+
+async def mint_codes(
+    port: int, tokens: list[Token], n: int, concurrency: int, start: int
+) -> list[str]:
+    """``n`` authorization codes, each by a whole hosted-page login with its own PKCE pair, as
+    tests/oidc_support.py's ``HostedBrowser`` walks it: ``GET /authorize``, the page's
+    ``POST /authorize/session``, the phone's signed ``POST /auth/verify``, the page's
+    ``POST /authorize/complete``. Returns the token requests' form bodies (code,
+    redirect_uri, code_verifier); the client authenticates with HTTP Basic."""
+    bodies: list[str] = []
+    failures: list[str] = []
+
+    async def one(http: Http, i: int) -> None:
+        t = tokens[(start + i) % len(tokens)]
+        verifier = b64url(os.urandom(48))
+        challenge = b64url(hashlib.sha256(verifier.encode("ascii")).digest())
+        query = urllib.parse.urlencode(
+            {
+                "response_type": "code",
+                "client_id": OIDC_CLIENT,
+                "redirect_uri": REDIRECT_URI,
+                "scope": f"openid {SCOPE}",
+                "state": f"st-{i}",
+                "nonce": f"n-{i}",
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            }
+        )
+        status, page = await http.request("GET", f"/authorize?{query}")
+        match = _LOGIN_CONFIG.search(page) if status == 200 else None
+        if match is None:
+            failures.append(f"authorize {status} {page[:200]!r}")
+            return
+        handle = json.loads(match.group(1))["handle"]
+        start_body = json.dumps({"handle": handle, "tokenId": t.token_id}).encode()
+        status, data = await http.request("POST", "/authorize/session", start_body)
+        if status != 201:
+            failures.append(f"authorize/session {status} {data[:200]!r}")
+            return
+        started = json.loads(data)
+        verify = t.verify_body(started["sessionId"], started["autoPassword"])
+        status, data = await http.request("POST", "/auth/verify", verify)
+        if status != 200:
+            failures.append(f"verify {status} {data[:200]!r}")
+            return
+        done = json.dumps({"sessionId": started["sessionId"], "wsToken": started["wsToken"]})
+        status, data = await http.request("POST", "/authorize/complete", done.encode())
+        if status != 200:
+            failures.append(f"authorize/complete {status} {data[:200]!r}")
+            return
+        redirect = json.loads(data)["redirect"]
+        code = urllib.parse.parse_qs(urllib.parse.urlsplit(redirect).query)["code"][0]
+        bodies.append(
+            urllib.parse.urlencode(
+                {
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "redirect_uri": REDIRECT_URI,
+                    "code_verifier": verifier,
+                }
+            )
+        )
+
+    await workers(port, n, concurrency, one)
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {n} code logins failed, first: {failures[0]}")
+    return bodies
+
+
+async def open_ciba_requests(port: int, tokens: list[Token], n: int, concurrency: int) -> list[str]:
+    """``n`` pending CIBA requests (``POST /bc-authorize``, poll mode, HTTP Basic), spread
+    over ``tokens``; returns the polls' form bodies."""
+    bodies: list[str] = []
+    failures: list[str] = []
+    headers = form_headers(CIBA_CLIENT, CIBA_SECRET)
+
+    async def one(http: Http, i: int) -> None:
+        t = tokens[i % len(tokens)]
+        form = urllib.parse.urlencode({"scope": f"openid {SCOPE}", "login_hint": t.token_id})
+        status, data = await http.request("POST", "/bc-authorize", form.encode(), headers)
+        if status != 200:
+            failures.append(f"bc-authorize {status} {data[:200]!r}")
+            return
+        auth_req_id = json.loads(data)["auth_req_id"]
+        bodies.append(
+            urllib.parse.urlencode({"grant_type": CIBA_GRANT, "auth_req_id": auth_req_id})
+        )
+
+    await workers(port, n, concurrency, one)
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {n} CIBA requests failed, first: {failures[0]}")
+    return bodies
+
+
 # ============================================================================ wrk
 WRK_INITIATE_LUA = """\
 local ids = {}
@@ -843,6 +1090,119 @@ function request()
   return requests[(counter %% n) + 1]
 end
 """
+
+# The token endpoint's loads: POST /token with form bodies read from a file, one per line,
+# formatted before the clock starts, the client authenticated with HTTP Basic. What is
+# measured is counted from the answers' bodies (``classify``), not from wrk's status count (a
+# pending poll's expected answer is a 400), and printed by done() on one line for run_wrk.
+WRK_FORM_POST_LUA = """\
+local bodies = {}
+for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
+local n = #bodies
+local requests = {}
+local threads = {}
+counted, other, slow_down, spare, sent = 0, 0, 0, 0, 0
+local stopped = false
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+wrk.headers["Authorization"] = "%(authorization)s"
+function setup(thread)
+  table.insert(threads, thread)
+end
+function format_all()
+  for i = 1, n do requests[i] = wrk.format(nil, "/token", nil, bodies[i]) end
+end
+-- wrk calls request() once right after init to check what it returns (script_verify_request):
+-- that call is answered with the first request and not counted, so none is skipped. (One
+-- thread: only the first thread's script is checked so.)
+local checked = false
+function check_call()
+  if checked then return false end
+  checked = true
+  return true
+end
+function response(status, headers, body)
+  local kind = classify(status, body)
+  if kind == "counted" then counted = counted + 1
+  elseif kind == "slow_down" then slow_down = slow_down + 1
+  elseif kind == "spare" then spare = spare + 1
+  else other = other + 1 end
+  if not stopped and finished() then
+    stopped = true
+    io.write("bench-stop\\n")
+    io.flush()
+    wrk.thread:stop()
+  end
+end
+function done(summary, latency, requests)
+  local total = {counted = 0, other = 0, slow_down = 0, spare = 0, sent = 0}
+  for _, t in ipairs(threads) do
+    for name, _ in pairs(total) do total[name] = total[name] + t:get(name) end
+  end
+  io.write(string.format(
+    "bench-counts counted=%%d other=%%d slow_down=%%d spare=%%d sent=%%d duration_us=%%d\\n",
+    total.counted, total.other, total.slow_down, total.spare, total.sent, summary.duration))
+end
+"""
+
+# Each authorization code once (codes are single use), in the order they were minted. Once
+# every code has been sent, the connections still waiting to send ask for the JWKS (answered
+# without the store) until the last code's answer is in; then the run stops (bench-stop), so
+# that the rate is over real exchanges only, even if the codes ran out before the duration.
+WRK_EXCHANGE_LUA = (
+    WRK_FORM_POST_LUA
+    + """\
+local jwks
+function init(args)
+  format_all()
+  jwks = wrk.format("GET", "/.well-known/jwks.json", {}, nil)
+end
+function request()
+  if check_call() then return requests[1] end
+  if sent >= n then return jwks end
+  sent = sent + 1
+  return requests[sent]
+end
+function classify(status, body)
+  if status == 200 and string.find(body, '"access_token"', 1, true) then return "counted" end
+  if status == 200 and string.find(body, '"keys"', 1, true) then return "spare" end
+  return "other"
+end
+function finished()
+  -- Every code answered; or, should an answer never come, 1000 JWKS answers later.
+  return counted + other >= n or spare >= 1000
+end
+"""
+)
+
+# Pending CIBA requests polled round-robin from where the previous run stopped (the script's
+# argument): n of them at a rate r are each polled every n / r seconds, more than
+# [oidc] ciba_interval apart. Only authorization_pending answers are counted.
+WRK_POLL_LUA = (
+    WRK_FORM_POST_LUA
+    + """\
+local offset = 0
+function init(args)
+  format_all()
+  offset = tonumber(args[1]) or 0
+end
+function request()
+  if check_call() then return requests[offset %% n + 1] end
+  sent = sent + 1
+  return requests[(offset + sent - 1) %% n + 1]
+end
+function classify(status, body)
+  if status == 400 and string.find(body, '"authorization_pending"', 1, true) then
+    return "counted"
+  end
+  if string.find(body, '"slow_down"', 1, true) then return "slow_down" end
+  return "other"
+end
+function finished()
+  return false
+end
+"""
+)
 
 
 @dataclass
@@ -905,6 +1265,27 @@ def _wrk_ms(text: str) -> float:
     return {"us": v / 1000, "ms": v, "s": v * 1000, "m": v * 60000}[m.group(2)]
 
 
+def _wrk_process(argv: list[str], timeout: float) -> tuple[int, str, str]:
+    """Run wrk; its exit status, stdout and stderr. A script that has nothing more to send
+    prints ``bench-stop``: wrk is then interrupted (SIGINT ends its run early, and its
+    summary's duration is the time it really ran; a stopped thread alone does not end it)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    lines = []
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("bench-stop"):
+                proc.send_signal(signal.SIGINT)
+        stderr = proc.stderr.read()
+        returncode = proc.wait()
+    finally:
+        watchdog.cancel()
+    return returncode, "".join(lines), stderr
+
+
 def run_wrk(
     url: str,
     *,
@@ -914,7 +1295,12 @@ def run_wrk(
     server_pid: int,
     script: Path | None = None,
     threads: int = 1,
+    script_args: Sequence[str] = (),
+    redis: Redis | None = None,
 ) -> RunResult:
+    """One wrk run. With a script that counts its answers (the token endpoint's), the rate is
+    the counted answers over wrk's own duration, and the errors are the other answers (wrk's
+    non-2xx count is not used). With ``redis``, the commands Redis ran meanwhile are kept."""
     argv = [
         *Pinning.prefix(cpus),
         "wrk",
@@ -928,29 +1314,152 @@ def run_wrk(
     if script is not None:
         argv += ["-s", str(script)]
     argv.append(url)
+    if script_args:
+        argv += ["--", *script_args]
+    calls0 = redis.command_calls() if redis is not None else {}
     meter = Meter(server_pid, children_cpu)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+    returncode, text, stderr = _wrk_process(argv, duration + 30)
     measured = meter.done()
-    text = out.stdout
-    if out.returncode != 0 or "Requests/sec" not in text:
-        raise RuntimeError(f"wrk failed: {out.stderr}\n{text}")
+    calls = command_delta(calls0, redis.command_calls()) if redis is not None else None
+    if returncode != 0 or "Requests/sec" not in text or (script is not None and stderr.strip()):
+        raise RuntimeError(f"wrk failed: {stderr}\n{text}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
     errors = 0
-    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    if m:
-        errors += int(m.group(1))
+    counts = re.search(r"^bench-counts (.*)$", text, re.M)
+    counted = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts.group(1))} if counts else {}
+    if counted:
+        rps = counted["counted"] / (counted["duration_us"] / 1e6)
+        errors += counted["other"] + counted["slow_down"]
+    else:
+        m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+        if m:
+            errors += int(m.group(1))
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if m:
         errors += sum(int(x) for x in m.groups())
     p50 = re.search(r"\s50%\s+(\S+)", text)
     p99 = re.search(r"\s99%\s+(\S+)", text)
-    return RunResult.metered(
+    result = RunResult.metered(
         rps,
         errors,
         measured,
         p50_ms=round(_wrk_ms(p50.group(1)), 3) if p50 else None,
         p99_ms=round(_wrk_ms(p99.group(1)), 3) if p99 else None,
     )
+    if counted:
+        result.extra["answers"] = {k: v for k, v in counted.items() if k != "duration_us"}
+        result.extra["wrk_seconds"] = round(counted["duration_us"] / 1e6, 3)
+    if calls is not None:
+        # Per request that reached the server (a counting script's real requests sent).
+        n = max(1, counted.get("sent") or round(rps * measured["elapsed"]))
+        result.extra["redis_commands"] = calls
+        result.extra["redis_commands_per_op"] = {k: round(v / n, 3) for k, v in calls.items()}
+    return result
+
+
+# ============================================================================ token endpoint
+def wrk_seconds(duration: float) -> int:
+    """How long :func:`run_wrk` runs for ``duration`` (wrk takes whole seconds)."""
+    return max(1, round(duration))
+
+
+class TokenEndpointLoads:
+    """The token endpoint under wrk, on one operator: code exchanges (codes minted before each
+    run, each exchanged once) and pending CIBA polls (the same pending requests all run long,
+    polled round-robin, each at most once per ``[oidc] ciba_interval``)."""
+
+    CODE_MARGIN = 1.3  # codes minted over the expected exchanges
+    CODE_RATE_FLOOR = 2000.0  # exchanges/s assumed at least (a contended warm-up reads low)
+
+    def __init__(
+        self, plan: Plan, pin: Pinning, work: Path, redis: Redis, port: int, pid: int
+    ) -> None:
+        self.plan, self.pin, self.work, self.redis = plan, pin, work, redis
+        self.port, self.pid = port, pid
+        self.code_rate = self.CODE_RATE_FLOOR
+        self.calibrated = False
+        self.mint_rate: float | None = None
+        self.minted = 0  # codes of the next exchange run
+        self.mints = 0
+        self.poll_cursor = 0
+        self.exchange_lua = work / "exchange.lua"
+        self.poll_lua = work / "ciba-poll.lua"
+
+    def _script(
+        self, path: Path, template: str, bodies: list[str], client: tuple[str, str]
+    ) -> None:
+        data = path.with_suffix(".txt")
+        data.write_text("\n".join(bodies) + "\n")
+        path.write_text(template % {"bodies": data, "authorization": basic_authorization(*client)})
+
+    async def open_polls(self, tokens: list[Token]) -> float:
+        """The pending CIBA requests, made once for the run; returns the seconds it took."""
+        t = time.monotonic()
+        polls = await open_ciba_requests(
+            self.port, tokens, self.plan.ciba_pending, self.plan.login_concurrency
+        )
+        self._script(self.poll_lua, WRK_POLL_LUA, polls, (CIBA_CLIENT, CIBA_SECRET))
+        return time.monotonic() - t
+
+    async def mint(self, tokens: list[Token], duration: float, count: int | None = None) -> None:
+        """Codes for one exchange run of ``duration``: the fastest exchange rate seen so far
+        times the run's seconds, with a margin (or ``count``), at most what can be minted and
+        used within the codes' lifetime."""
+        seconds = wrk_seconds(duration)
+        n = count or math.ceil(self.code_rate * seconds * self.CODE_MARGIN)
+        n += 2 * self.plan.wrk_connections
+        if self.mint_rate is not None:  # minting, a baseline run and the exchange run
+            n = min(n, int(self.mint_rate * (CODE_TTL - 2 * seconds - 15)))
+        t = time.monotonic()
+        bodies = await mint_codes(
+            self.port, tokens, n, self.plan.login_concurrency, start=self.mints
+        )
+        elapsed = time.monotonic() - t
+        self.mint_rate = n / elapsed
+        self.mints += n
+        self.minted = n
+        self._script(self.exchange_lua, WRK_EXCHANGE_LUA, bodies, (OIDC_CLIENT, OIDC_SECRET))
+        log(f"minted {n} authorization codes in {elapsed:.1f} s ({self.mint_rate:.0f}/s)")
+
+    def _wrk(self, script: Path, duration: float, args: Sequence[str] = ()) -> RunResult:
+        return run_wrk(
+            f"http://127.0.0.1:{self.port}/token",
+            duration=duration,
+            connections=self.plan.wrk_connections,
+            cpus=self.pin.client,
+            server_pid=self.pid,
+            script=script,
+            script_args=args,
+            redis=self.redis,
+        )
+
+    async def exchange(self, duration: float) -> RunResult:
+        res = self._wrk(self.exchange_lua, duration)
+        res.extra["codes_minted"] = self.minted
+        res.extra["codes_ran_out"] = res.extra["answers"]["sent"] >= self.minted
+        # The fastest rate seen, from the warm-up on (never below the floor).
+        self.code_rate = max(self.code_rate, res.rps)
+        self.calibrated = True
+        return res
+
+    async def poll(self, duration: float) -> RunResult:
+        res = self._wrk(self.poll_lua, duration, [str(self.poll_cursor)])
+        self.poll_cursor += res.extra["answers"]["sent"]
+        res.extra["pending_requests"] = self.plan.ciba_pending
+        return res
+
+    async def watched(
+        self, fn: Callable[[float], Awaitable[RunResult]], duration: float
+    ) -> tuple[RunResult, dict[str, dict[str, float]]]:
+        """``fn(duration)`` with Redis's MONITOR on (a warm-up, not a measurement): its
+        commands per request, sent by the operator and run inside scripts."""
+        monitor = RedisMonitor(self.redis.port)
+        try:
+            res = await fn(duration)
+        except BaseException:
+            monitor.close(per=1)
+            raise
+        return res, monitor.close(per=res.extra["answers"]["sent"])
 
 
 # ============================================================================ full login
@@ -1508,6 +2017,23 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         async def jwks_raw(d: float) -> RunResult:
             return wrk(raw_port, "/", raw.pid, None, pin.client, d)
 
+        # The token endpoint: code exchanges and pending CIBA polls, each against the same bare
+        # Starlette POST as initiate, measured again next to it.
+        loads = TokenEndpointLoads(plan, pin, work, redis, op1_port, op1.pid)
+        t = time.monotonic()
+        ciba_tokens = await enroll_all(
+            op1_port,
+            math.ceil(plan.ciba_pending / plan.ciba_per_token),
+            issuer_key,
+            prefix="bench-ciba",
+        )
+        seconds = await loads.open_polls(ciba_tokens)
+        results["ciba_setup_seconds"] = round(time.monotonic() - t, 1)
+        log(
+            f"{plan.ciba_pending} pending CIBA requests for {len(ciba_tokens)} more tokens "
+            f"in {results['ciba_setup_seconds']} s ({plan.ciba_pending / seconds:.0f}/s)"
+        )
+
         measures = {
             "initiate.operator_1w": initiate_op1,
             "initiate.starlette": initiate_st,
@@ -1515,20 +2041,36 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "login.starlette": login_st,
             "jwks.operator_1w": jwks_op1,
             "jwks.raw_asgi": jwks_raw,
+            "exchange.operator_1w": loads.exchange,
+            "exchange.starlette": initiate_st,
+            "ciba_poll.operator_1w": loads.poll,
+            "ciba_poll.starlette": initiate_st,
         }
         log("warm-up")
-        for fn in measures.values():
-            await fn(plan.warmup)
+        results["redis_monitor"] = {}
+        for fn, name in {fn: name for name, fn in measures.items()}.items():
+            if fn == loads.exchange:
+                await loads.mint(tokens, plan.warmup, count=WARMUP_CODES)
+            if fn in (loads.exchange, loads.poll):  # the warm-up, under MONITOR
+                res, split = await loads.watched(fn, plan.warmup)
+                results["redis_monitor"][name] = split
+                log(f"warm-up {name}: {describe(res)}; Redis commands per request {split}")
+            else:
+                await fn(plan.warmup)
 
         rounds: list[dict[str, Any]] = []
         pairs = [
             ("initiate.operator_1w", "initiate.starlette"),
             ("login.operator_1w", "login.starlette"),
             ("jwks.operator_1w", "jwks.raw_asgi"),
+            ("exchange.operator_1w", "exchange.starlette"),
+            ("ciba_poll.operator_1w", "ciba_poll.starlette"),
         ]
         for r in range(plan.rounds):
             one: dict[str, Any] = {"loadavg": os.getloadavg()}
             for a, b in pairs:
+                if a == "exchange.operator_1w":  # before the pair, outside the clock
+                    await loads.mint(tokens, plan.duration)
                 order = (a, b) if r % 2 == 0 else (b, a)  # alternate who goes first
                 for name in order:
                     res = await measures[name](plan.duration)
@@ -1646,6 +2188,43 @@ def two_worker_ceiling(rounds: list[dict[str, Any]], share: bool) -> dict[str, A
     }
 
 
+# The token endpoint's pairs: operator, then its bare Starlette POST baseline, by ratio key.
+TOKEN_ENDPOINT_RATIOS = {
+    "code_exchange_vs_starlette": ("exchange.operator_1w", "exchange.starlette"),
+    "ciba_poll_vs_starlette": ("ciba_poll.operator_1w", "ciba_poll.starlette"),
+}
+TOKEN_ENDPOINT_PAIRS = [name for pair in TOKEN_ENDPOINT_RATIOS.values() for name in pair]
+
+
+def token_endpoint_summary(
+    rounds: list[dict[str, Any]], monitor: dict[str, dict[str, dict[str, float]]]
+) -> dict[str, Any]:
+    """Per token endpoint load: the Redis commands per request (median over rounds of each
+    command's calls, from INFO commandstats around the measured runs; and, from MONITOR in
+    the warm-up, which of them the operator sent and which ran inside its scripts), and the
+    codes minted and exchanged per round."""
+    out: dict[str, Any] = {}
+    for name in ("exchange.operator_1w", "ciba_poll.operator_1w"):
+        runs = [r[name] for r in rounds]
+        commands = sorted({c for run in runs for c in run["redis_commands_per_op"]})
+        per_op = {
+            c: round(median([run["redis_commands_per_op"].get(c, 0.0) for run in runs]), 3)
+            for c in commands
+        }
+        out[name] = {
+            "redis_commands_per_request": per_op,
+            "redis_commands_per_request_total": round(
+                median([sum(run["redis_commands_per_op"].values()) for run in runs]), 3
+            ),
+            "monitor_warmup": monitor.get(name),
+            "answers_per_round": [run["answers"] for run in runs],
+        }
+    exchanges = [r["exchange.operator_1w"] for r in rounds]
+    out["exchange.operator_1w"]["codes_minted_per_round"] = [x["codes_minted"] for x in exchanges]
+    out["exchange.operator_1w"]["rounds_codes_ran_out"] = sum(x["codes_ran_out"] for x in exchanges)
+    return out
+
+
 def summarize(results: dict[str, Any]) -> None:
     rounds = results.get("rounds", [])
 
@@ -1666,10 +2245,12 @@ def summarize(results: dict[str, Any]) -> None:
             "login.starlette",
             "jwks.operator_1w",
             "jwks.raw_asgi",
+            *TOKEN_ENDPOINT_PAIRS,
         )
     }
     ratios = {
         "initiate_vs_starlette": med_ratio("initiate.operator_1w", "initiate.starlette"),
+        **{key: med_ratio(a, b) for key, (a, b) in TOKEN_ENDPOINT_RATIOS.items()},
         "login_vs_starlette": med_ratio("login.operator_1w", "login.starlette"),
         "jwks_vs_raw_asgi": med_ratio("jwks.operator_1w", "jwks.raw_asgi"),
         "two_workers_vs_one": med_ratio("initiate.operator_2w", "initiate.operator_1w"),
@@ -1687,6 +2268,7 @@ def summarize(results: dict[str, Any]) -> None:
         "initiate_vs_starlette": med_cpu_ratio("initiate.operator_1w", "initiate.starlette"),
         "login_vs_starlette": med_cpu_ratio("login.operator_1w", "login.starlette"),
         "jwks_vs_raw_asgi": med_cpu_ratio("jwks.operator_1w", "jwks.raw_asgi"),
+        **{key: med_cpu_ratio(a, b) for key, (a, b) in TOKEN_ENDPOINT_RATIOS.items()},
         # Below 1 when two workers spend more CPU per request than one (not a scaling figure).
         "two_workers_vs_one": med_cpu_ratio("initiate.operator_2w", "initiate.operator_1w"),
     }
@@ -1751,6 +2333,14 @@ def summarize(results: dict[str, Any]) -> None:
             "pass": ok_max,
         }
     )
+    for key, label in (
+        ("code_exchange_vs_starlette", "code exchange"),
+        ("ciba_poll_vs_starlette", "pending CIBA poll"),
+    ):
+        goal = TARGETS[key]
+        targets.append(
+            check(f"{label} ≥ {goal:.2f} × bare Starlette POST", ratios[key], goal, True)
+        )
     if ceiling is not None:
         targets[3]["ceiling_here"] = ceiling["ratio"]
     # A figure is "contended" when processes this script did not start, together with the
@@ -1763,9 +2353,12 @@ def summarize(results: dict[str, Any]) -> None:
         2: max(oth["jwks.operator_1w"], oth["jwks.raw_asgi"]),
         3: max(oth["initiate.operator_2w"], oth["initiate.operator_1w"]),
         4: lat["other_processes_cores"] + lat.get("steal_cores", 0.0),
+        7: max(oth["exchange.operator_1w"], oth["exchange.starlette"]),
+        8: max(oth["ciba_poll.operator_1w"], oth["ciba_poll.starlette"]),
     }
     for i, worst in contended.items():
         targets[i]["contended"] = worst > 0.15
+    results["token_endpoint"] = token_endpoint_summary(rounds, results.get("redis_monitor", {}))
     results["medians"] = m
     results["ratios"] = ratios
     results["errors_total"] = errors
@@ -1800,6 +2393,7 @@ def print_table(results: dict[str, Any]) -> None:
             "initiate.starlette",
             "initiate_vs_starlette",
             "≥ 0.40",
+            0,
         ),
         (
             "full logins/s vs Starlette 2-POST loop",
@@ -1807,6 +2401,7 @@ def print_table(results: dict[str, Any]) -> None:
             "login.starlette",
             "login_vs_starlette",
             "≥ 0.15",
+            1,
         ),
         (
             "JWKS GET/s vs raw ASGI GET",
@@ -1814,6 +2409,23 @@ def print_table(results: dict[str, Any]) -> None:
             "jwks.raw_asgi",
             "jwks_vs_raw_asgi",
             "≥ 0.70",
+            2,
+        ),
+        (
+            "code exchanges/s vs bare Starlette POST",
+            "exchange.operator_1w",
+            "exchange.starlette",
+            "code_exchange_vs_starlette",
+            f"≥ {TARGETS['code_exchange_vs_starlette']:.2f}",
+            7,
+        ),
+        (
+            "pending CIBA polls/s vs bare Starlette POST",
+            "ciba_poll.operator_1w",
+            "ciba_poll.starlette",
+            "ciba_poll_vs_starlette",
+            f"≥ {TARGETS['ciba_poll_vs_starlette']:.2f}",
+            8,
         ),
         (
             "initiate/s 2 workers vs 1",
@@ -1821,6 +2433,7 @@ def print_table(results: dict[str, Any]) -> None:
             "initiate.operator_1w",
             "two_workers_vs_one",
             "≥ 1.6",
+            3,
         ),
     ]
     print()
@@ -1851,7 +2464,7 @@ def print_table(results: dict[str, Any]) -> None:
             c(a, b),
             o(a, b),
         )
-        for i, (label, a, b, key, goal) in enumerate(pairs)
+        for label, a, b, key, goal, i in pairs
     ]
     widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(len(head))]
     for row in [head, *rows]:
@@ -1863,6 +2476,7 @@ def print_table(results: dict[str, Any]) -> None:
         "  ratio/CPU: ratio of requests per server CPU-second (insensitive to both);\n"
         "  *: others and steal took over 0.15 of a core in these runs, so this pass/MISS is noisy"
     )
+    print_token_endpoint(results["token_endpoint"])
     ceiling = results.get("two_workers_ceiling")
     if ceiling is not None:
         us = ceiling["us_per_initiate"]
@@ -1942,6 +2556,38 @@ def print_table(results: dict[str, Any]) -> None:
     )
 
 
+def print_token_endpoint(te: dict[str, Any]) -> None:
+    """The token endpoint's notes under the throughput table: Redis commands per request, and
+    the codes."""
+
+    def listed(per: dict[str, float]) -> str:
+        return ", ".join(f"{c} {v:.2f}" for c, v in per.items() if v >= 0.005) or "none"
+
+    for name, label in (
+        ("exchange.operator_1w", "code exchange"),
+        ("ciba_poll.operator_1w", "pending poll"),
+    ):
+        x = te[name]
+        total, per = x["redis_commands_per_request_total"], x["redis_commands_per_request"]
+        print(
+            f"  Redis commands per {label} (INFO commandstats, measured runs): "
+            f"{total:.2f}: {listed(per)}"
+        )
+        if x["monitor_warmup"]:
+            sent, inside = x["monitor_warmup"]["client"], x["monitor_warmup"]["script"]
+            print(
+                f"    MONITOR in the warm-up: sent by the operator {sum(sent.values()):.2f} "
+                f"({listed(sent)}); run inside its scripts {sum(inside.values()):.2f}"
+            )
+    ex = te["exchange.operator_1w"]
+    used = [a["sent"] for a in ex["answers_per_round"]]
+    print(
+        f"  codes minted before each exchange run {min(ex['codes_minted_per_round'])}–"
+        f"{max(ex['codes_minted_per_round'])}, exchanged {min(used)}–{max(used)}; "
+        f"rounds where they ran out (the run stopped there): {ex['rounds_codes_ran_out']}"
+    )
+
+
 # ============================================================================ profiling
 def profile_summary(raw: Path, top: int = 30) -> str:
     """Inclusive and self percentages per function from py-spy's collapsed stacks."""
@@ -1970,6 +2616,9 @@ def profile_summary(raw: Path, top: int = 30) -> str:
     for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
         out.append(f"{100 * n / total:10.1f}  {f}")
     return "\n".join(out) + "\n"
+
+
+PROFILED = ["latency", "initiate", "login", "jwks", "sockets", "exchange", "ciba_poll"]
 
 
 async def profile(args: argparse.Namespace) -> int:
@@ -2057,28 +2706,49 @@ async def profile(args: argparse.Namespace) -> int:
             log(f"profile {name}: {res}")
             print(f"== {name}\n" + "\n".join(text.splitlines()[:28]) + "\n")
 
+        chosen = PROFILED if args.profile_loads == "all" else args.profile_loads.split(",")
         # Approvals at a fixed rate with idle sockets open: profiled once the sockets are open.
         spied: list[tuple[Path, subprocess.Popen[bytes]]] = []
         lat_plan = dataclasses.replace(plan, latency_seconds=seconds)
-        res = await run_latency(
-            port,
-            tokens,
-            lat_plan,
-            op.pid,
-            offset=0,
-            on_ready=lambda: spied.append(record("latency", seconds + 1)),
-        )
-        raw, spy = spied[0]
-        spy.wait(timeout=seconds + 30)
-        report("latency", raw, {k: res[k] for k in ("p50_ms", "p99_ms", "verify_rtt_p50_ms")})
+        if "latency" in chosen:
+            res = await run_latency(
+                port,
+                tokens,
+                lat_plan,
+                op.pid,
+                offset=0,
+                on_ready=lambda: spied.append(record("latency", seconds + 1)),
+            )
+            raw, spy = spied[0]
+            spy.wait(timeout=seconds + 30)
+            report("latency", raw, {k: res[k] for k in ("p50_ms", "p99_ms", "verify_rtt_p50_ms")})
 
-        for name, fn in (
+        loads = TokenEndpointLoads(plan, pin, work, redis, port, op.pid)
+        ciba_tokens = await enroll_all(
+            port, math.ceil(plan.ciba_pending / plan.ciba_per_token), issuer_key, "bench-ciba"
+        )
+        await loads.open_polls(ciba_tokens)
+
+        async def mint(d: float) -> None:  # before each exchange run, not profiled
+            await loads.mint(tokens, d, count=None if loads.calibrated else WARMUP_CODES)
+
+        before: dict[str, Callable[[float], Awaitable[None]]] = {"exchange": mint}
+        profiled: list[tuple[str, Callable[[float], Awaitable[Any]]]] = [
             ("initiate", initiate),
             ("login", login),
             ("jwks", jwks),
             ("sockets", sockets),
-        ):
+            ("exchange", loads.exchange),
+            ("ciba_poll", loads.poll),
+        ]
+        for name, fn in profiled:
+            if name not in chosen:
+                continue
+            if name in before:
+                await before[name](1.0)
             await fn(1.0)  # warm
+            if name in before:
+                await before[name](seconds)
             raw, spy = record(name, seconds + 1)
             await asyncio.sleep(0.5)
             res = await fn(seconds)
@@ -2106,9 +2776,17 @@ def main() -> int:
         help="instead of measuring: py-spy profiles of a 1-worker operator under each load",
     )
     parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--profile-loads",
+        default="all",
+        help=f"with --profile: which loads, comma-separated, of {','.join(PROFILED)}",
+    )
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    unknown = set(args.profile_loads.split(",")) - {"all", *PROFILED}
+    if unknown:
+        parser.error(f"--profile-loads: unknown {', '.join(sorted(unknown))}")
     for tool in ("wrk", "redis-server"):
         if shutil.which(tool) is None:
             print(f"{tool} is required (scripts/bench installs it)", file=sys.stderr)
