@@ -2018,11 +2018,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             return wrk(raw_port, "/", raw.pid, None, pin.client, d)
 
         # The token endpoint: code exchanges and pending CIBA polls, each against the same bare
-        # Starlette POST as initiate, measured again next to it.
-        loads = TokenEndpointLoads(plan, pin, work, redis, op1_port, op1.pid)
+        # Starlette POST as initiate, measured again next to it. On an operator of their own
+        # (same store, keys and cores), so that the sessions they make (thousands of logins to
+        # mint codes, 12 000 pending requests) do not weigh on the other figures' process.
+        opt, opt_port = servers.operator(1, pin.server)
+        log(f"operator for the token endpoint (1 worker) on port {opt_port}, pid {opt.pid}")
+        loads = TokenEndpointLoads(plan, pin, work, redis, opt_port, opt.pid)
         t = time.monotonic()
         ciba_tokens = await enroll_all(
-            op1_port,
+            opt_port,
             math.ceil(plan.ciba_pending / plan.ciba_per_token),
             issuer_key,
             prefix="bench-ciba",

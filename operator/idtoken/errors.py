@@ -16,6 +16,8 @@ class OperatorError(Exception):
 
     code: str = "invalid_request"
     status: int = 400
+    quiet: bool = False
+    """An expected answer rather than a refusal (a poll's "not yet"): logged at debug only."""
 
     def __init__(
         self,
@@ -168,6 +170,7 @@ class UnauthorizedClient(OperatorError):
 
 class AuthorizationPending(OperatorError):
     code, status = "authorization_pending", 400
+    quiet = True
 
 
 class SlowDown(OperatorError):

@@ -8,6 +8,7 @@ and parameters without a value are treated as omitted (§3.1).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl
 
@@ -17,6 +18,7 @@ from idtoken.api.body import read_limited
 from idtoken.errors import InvalidRequest, UnsupportedMediaType
 
 FORM = "application/x-www-form-urlencoded"
+_CONTROL = re.compile(r"[\x00-\x1f]")
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:
@@ -53,7 +55,7 @@ async def read_form_pairs(request: Request) -> list[tuple[str, str]]:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest("the request body must be UTF-8") from None
-    if any(ord(c) < 0x20 for c in text):
+    if _CONTROL.search(text) is not None:
         raise InvalidRequest("the request body must not contain control characters")
     return parse_pairs(text)
 

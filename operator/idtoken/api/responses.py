@@ -44,22 +44,28 @@ def error_response(error: OperatorError) -> Response:
 
 async def operator_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, OperatorError)
-    # Written on every refusal, the expected answers too (a pending CIBA poll's
-    # authorization_pending): the same line as log.info(..., extra=...), without a LogRecord.
-    logs.event(
-        log,
-        "request refused",
-        path=request.url.path,
-        error=exc.code,
-        status=exc.status,
-        detail=exc.log_detail,
-    )
+    path = request.scope["path"]  # not request.url: Starlette would build the whole URL
+    if exc.quiet:
+        # An expected answer of a protocol that polls (CIBA's authorization_pending), not a
+        # refusal: one line per poll would drown the log, so only at debug.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request answered", extra={"path": path, "error": exc.code})
+    else:
+        # The same line as log.info(..., extra=...), without a LogRecord.
+        logs.event(
+            log,
+            "request refused",
+            path=path,
+            error=exc.code,
+            status=exc.status,
+            detail=exc.log_detail,
+        )
     return error_response(exc)
 
 
 async def store_unavailable(request: Request, exc: Exception) -> Response:
     request.app.state.runtime.metrics.store_errors.inc()
-    log.error("store unavailable", extra={"path": request.url.path, "detail": str(exc)})
+    log.error("store unavailable", extra={"path": request.scope["path"], "detail": str(exc)})
     return error_response(
         TemporarilyUnavailable("the service is temporarily unavailable", retry_after=2)
     )
