@@ -19,6 +19,7 @@ import base64
 import hashlib
 import json
 import secrets
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ FOR_ACCESS = "access_token"
 FOR_GRANT = "grant"
 FOR_CODE = "code"
 FOR_AUTH_REQ = "auth_req_id"
+_LOCATED_CACHE = 20_000
 
 
 class InvalidAccessToken(Exception):
@@ -72,6 +74,9 @@ class TokenIssuer:
         self._issuer = issuer
         self._keys = keys
         self._secret = secret
+        # A CIBA client polls the same auth_req_id every few seconds: what it was found to
+        # name is kept (an exact match of the whole handle), so a poll does not decrypt again.
+        self._located: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
 
     # ---- locations: a code or auth_req_id says which session it collects ------------------
     def locator(self, purpose: str, token_id: str, session_id: str, client_id: str) -> str:
@@ -82,6 +87,17 @@ class TokenIssuer:
     def locate(self, purpose: str, handle: str) -> tuple[str, str, str]:
         """The (token id, session id, client id) of a handle; :class:`SealError` if it is not
         one of ours for ``purpose``."""
+        if purpose == FOR_AUTH_REQ:
+            found = self._located.get(handle)
+            if found is None:
+                found = self._open_location(purpose, handle)
+                self._located[handle] = found
+                if len(self._located) > _LOCATED_CACHE:
+                    self._located.popitem(last=False)
+            return found
+        return self._open_location(purpose, handle)
+
+    def _open_location(self, purpose: str, handle: str) -> tuple[str, str, str]:
         try:
             where = json.loads(self._secret.open(purpose, handle))
         except ValueError:
