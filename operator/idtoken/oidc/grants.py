@@ -20,6 +20,24 @@ APPROVED = '{"type":"approved"}'
 _FOR_PAGE = "code for the page"
 
 
+def kept_tokens(
+    tokens: TokenIssuer,
+    session: SessionRecord,
+    service: ServiceSettings,
+    credential: Credential,
+    granted: list[str],
+    now: float,
+    backchannel: bool,
+) -> dict[str, str]:
+    """The grant fields every approval of these doors stores: the token response, sealed
+    until it is collected (``grant``), and its access token's id (``atj``, to revoke it)."""
+    response, jti = tokens.token_response(
+        session, service, credential, granted, now, backchannel=backchannel
+    )
+    exp = int(now) + service.token_ttl
+    return {"grant": tokens.seal_grant(session, response, exp), "atj": jti}
+
+
 class CodeGrants:
     """Approvals of sessions started at ``/authorize``."""
 
@@ -36,18 +54,13 @@ class CodeGrants:
         granted: list[str],
         now: float,
     ) -> Approval:
-        response, jti = self._tokens.token_response(
-            session, service, credential, granted, now, backchannel=False
-        )
         code = self._tokens.locator(FOR_CODE, session.token_id, session.session_id, service.id)
-        exp = int(now) + service.token_ttl
         return Approval(
             APPROVED,
             {
+                **kept_tokens(self._tokens, session, service, credential, granted, now, False),
                 "gh": grant_hash(code),
                 "gexp": repr(now + self._code_ttl),
-                "grant": self._tokens.seal_grant(session, response, exp),
-                "atj": jti,
                 "code": self._secret.seal(f"{_FOR_PAGE}:{session.session_id}", code.encode()),
             },
         )
@@ -72,10 +85,6 @@ class CibaGrants:
         granted: list[str],
         now: float,
     ) -> Approval:
-        response, jti = self._tokens.token_response(
-            session, service, credential, granted, now, backchannel=True
-        )
-        exp = int(now) + service.token_ttl
         return Approval(
-            APPROVED, {"grant": self._tokens.seal_grant(session, response, exp), "atj": jti}
+            APPROVED, kept_tokens(self._tokens, session, service, credential, granted, now, True)
         )
