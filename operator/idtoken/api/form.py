@@ -8,6 +8,7 @@ and parameters without a value are treated as omitted (§3.1).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import unquote_plus
@@ -19,6 +20,19 @@ from idtoken.errors import InvalidRequest, UnsupportedMediaType
 
 FORM = "application/x-www-form-urlencoded"
 _CONTROL = re.compile(r"[\x00-\x1f]")
+_SHORT = 64
+
+
+@functools.lru_cache(maxsize=256)
+def _decoded_short(part: str) -> str:
+    # The same few short parts come again and again (grant_type's urn:openid:params:...).
+    return unquote_plus(part, errors="strict")
+
+
+def _decoded(part: str) -> str:
+    if "%" not in part and "+" not in part:
+        return part
+    return _decoded_short(part) if len(part) <= _SHORT else unquote_plus(part, errors="strict")
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:
@@ -32,8 +46,8 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
         name, _, value = part.partition("=")
         if "%" in part or "+" in part:
             try:
-                name = unquote_plus(name, errors="strict")
-                value = unquote_plus(value, errors="strict")
+                name = _decoded(name)
+                value = _decoded(value)
             except UnicodeDecodeError:
                 raise InvalidRequest("the parameters are not valid form encoding") from None
         if value:

@@ -38,8 +38,33 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
+class _Answer(Response):
+    """A response whose body and header lines were rendered before (a constant answer)."""
+
+    def __init__(self, status: int, body: bytes, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = status
+        self.body = body
+        self.background = None
+        self.raw_headers = list(raw_headers)  # a copy: whoever gets it may add headers
+
+
+_ANSWERS: dict[tuple[object, ...], tuple[bytes, list[tuple[bytes, bytes]]]] = {}
+_ANSWERS_KEPT = 64
+
+
 def error_response(error: OperatorError) -> Response:
-    return json_response(error.body(), error.status, error.headers)
+    if not error.quiet:
+        return json_response(error.body(), error.status, error.headers)
+    # A quiet error is an answer given over and over with the same words (CIBA's
+    # authorization_pending, every few seconds per waiting client): rendered once.
+    key = (error.status, error.code, error.description, *error.headers.items())
+    kept = _ANSWERS.get(key)
+    if kept is None:
+        rendered = json_response(error.body(), error.status, error.headers)
+        if len(_ANSWERS) >= _ANSWERS_KEPT:
+            _ANSWERS.clear()
+        kept = _ANSWERS[key] = (bytes(rendered.body), rendered.raw_headers)
+    return _Answer(error.status, *kept)
 
 
 async def operator_error(request: Request, exc: Exception) -> Response:
