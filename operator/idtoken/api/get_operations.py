@@ -5,24 +5,14 @@ operator's bare address. What ``/metrics`` and ``/`` answer depends on the confi
 from __future__ import annotations
 
 from idtoken.api import bodies, metadata_bodies
-from idtoken.wire.operation import NO_STORE, Operation, refused, reply
+from idtoken.wire.operation import NO_STORE, Operation, header, refused, reply
 from idtoken.wire.schema import JsonObject, ref
 
-BEARER_CHALLENGE: JsonObject = {
-    "description": "The Bearer challenge (RFC 6750).",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^Bearer "},
-}
-_PUBLIC_CACHE: JsonObject = {
-    "description": "Cacheable by anyone for an hour.",
-    "required": True,
-    "schema": {"const": "public, max-age=3600"},
-}
-_ETAG: JsonObject = {
-    "description": "Strong validator of the key set.",
-    "required": True,
-    "schema": {"type": "string", "pattern": '^"[^"]+"$'},
-}
+BEARER_CHALLENGE = header(
+    {"type": "string", "pattern": "^Bearer "}, "The Bearer challenge (RFC 6750)."
+)
+_PUBLIC_CACHE = header({"const": "public, max-age=3600"}, "Cacheable by anyone for an hour.")
+_ETAG = header({"type": "string", "pattern": '^"[^"]+"$'}, "Strong validator of the key set.")
 
 
 def get(
@@ -145,11 +135,7 @@ def metrics(enabled: bool) -> Operation:
 def root(demo: bool) -> Operation:
     """``GET /`` (and HEAD) as this configuration serves it (api/root.py)."""
     if demo:
-        location = {
-            "description": "The demo's login page.",
-            "required": True,
-            "schema": {"const": "/demo/"},
-        }
+        location = header({"const": "/demo/"}, "The demo's login page.")
         responses: JsonObject = {
             "302": {
                 "description": "The demo is on: its login page.",

@@ -21,6 +21,7 @@ from idtoken.wire.operation import (
     NO_STORE,
     RETRY_AFTER,
     Operation,
+    header,
     page,
     refused,
     reply,
@@ -39,21 +40,17 @@ TAGS = [
     {"name": CIBA, "description": "Client-Initiated Backchannel Authentication (poll and ping)."},
 ]
 
-_BASIC_CHALLENGE: JsonObject = {
-    "description": 'The Basic challenge (RFC 7617): `Basic realm="idtoken"`.',
-    "required": True,
-    "schema": {"type": "string", "pattern": "^Basic "},
-}
-_ANY_ORIGIN: JsonObject = {
-    "description": "Readable cross-origin (browser-based public clients), without credentials.",
-    "required": True,
-    "schema": {"const": "*"},
-}
-_PAGE_POLICY: JsonObject = {
-    "description": "The page's own script, style and socket only; never in a frame.",
-    "required": True,
-    "schema": {"type": "string", "pattern": "frame-ancestors 'none'"},
-}
+_BASIC_CHALLENGE = header(
+    {"type": "string", "pattern": "^Basic "},
+    'The Basic challenge (RFC 7617): `Basic realm="idtoken"`.',
+)
+_ANY_ORIGIN = header(
+    {"const": "*"}, "Readable cross-origin (browser-based public clients), without credentials."
+)
+_PAGE_POLICY = header(
+    {"type": "string", "pattern": "frame-ancestors 'none'"},
+    "The page's own script, style and socket only; never in a frame.",
+)
 _UNAVAILABLE = refused(
     "The store is unreachable, or this instance's operator secret differs from the other "
     "instances' (docs/oidc.md, the operator secret).",
@@ -86,11 +83,10 @@ def _authorize(method: str, request: Body[Any] | None) -> Operation:
             "description": "An error the client learns at its redirect URI (RFC 6749 "
             "§4.1.2.1): `error`, `error_description`, `state` and `iss`.",
             "headers": {
-                "Location": {
-                    "description": "The client's registered redirect URI, with the error.",
-                    "required": True,
-                    "schema": {"type": "string", "format": "uri"},
-                },
+                "Location": header(
+                    {"type": "string", "format": "uri"},
+                    "The client's registered redirect URI, with the error.",
+                ),
                 "Cache-Control": NO_STORE,
             },
         },
@@ -179,11 +175,9 @@ AUTHORIZE_STATIC = Operation(
         "200": {
             "description": "The file.",
             "headers": {
-                "Cache-Control": {
-                    "description": "Cacheable for five minutes.",
-                    "required": True,
-                    "schema": {"const": "public, max-age=300"},
-                }
+                "Cache-Control": header(
+                    {"const": "public, max-age=300"}, "Cacheable for five minutes."
+                )
             },
             "content": {
                 media.partition(";")[0]: {"schema": {"type": "string"}}
@@ -234,7 +228,7 @@ TOKEN = post(
     limited=True,
     security=_AUTHENTICATED,
     success_headers={
-        "Pragma": {"required": True, "schema": {"const": "no-cache"}},
+        "Pragma": header({"const": "no-cache"}),
         "Access-Control-Allow-Origin": _ANY_ORIGIN,
     },
     unavailable=_UNAVAILABLE,
@@ -309,8 +303,8 @@ USERINFO_POST = _userinfo("post")
 
 
 def _preflight(path: str, operation_id: str) -> Operation:
-    def header(value: str) -> JsonObject:
-        return {"required": True, "schema": {"type": "string", "const": value}}
+    def allowed(value: str) -> JsonObject:
+        return header({"type": "string", "const": value})
 
     return Operation(
         "options",
@@ -323,9 +317,9 @@ def _preflight(path: str, operation_id: str) -> Operation:
                 "description": "Cross-origin `GET` and `POST` with `Authorization` allowed.",
                 "headers": {
                     "Access-Control-Allow-Origin": _ANY_ORIGIN,
-                    "Access-Control-Allow-Methods": header("GET, POST"),
-                    "Access-Control-Allow-Headers": header("Authorization, Content-Type"),
-                    "Access-Control-Max-Age": header("600"),
+                    "Access-Control-Allow-Methods": allowed("GET, POST"),
+                    "Access-Control-Allow-Headers": allowed("Authorization, Content-Type"),
+                    "Access-Control-Max-Age": allowed("600"),
                 },
             }
         },

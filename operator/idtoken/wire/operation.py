@@ -16,16 +16,17 @@ from typing import Any
 from idtoken.wire.declare import Body
 from idtoken.wire.schema import JsonObject, components, ref
 
-NO_STORE: JsonObject = {
-    "description": "Responses carrying session data or errors are never cached.",
-    "required": True,
-    "schema": {"const": "no-store"},
-}
-RETRY_AFTER: JsonObject = {
-    "description": "Seconds to wait before trying again.",
-    "required": True,
-    "schema": {"type": "integer", "minimum": 1},
-}
+
+def header(schema: JsonObject, description: str | None = None) -> JsonObject:
+    """A response header that is always sent, its value described by ``schema``."""
+    described: JsonObject = {} if description is None else {"description": description}
+    return {**described, "required": True, "schema": schema}
+
+
+NO_STORE = header(
+    {"const": "no-store"}, "Responses carrying session data or errors are never cached."
+)
+RETRY_AFTER = header({"type": "integer", "minimum": 1}, "Seconds to wait before trying again.")
 
 
 def reply(
