@@ -20,24 +20,6 @@ APPROVED = '{"type":"approved"}'
 _FOR_PAGE = "code for the page"
 
 
-def kept_tokens(
-    tokens: TokenIssuer,
-    session: SessionRecord,
-    service: ServiceSettings,
-    credential: Credential,
-    granted: list[str],
-    now: float,
-    backchannel: bool,
-) -> dict[str, str]:
-    """The grant fields every approval of these doors stores: the token response, sealed
-    until it is collected (``grant``), and its access token's id (``atj``, to revoke it)."""
-    response, jti = tokens.token_response(
-        session, service, credential, granted, now, backchannel=backchannel
-    )
-    exp = int(now) + service.token_ttl
-    return {"grant": tokens.seal_grant(session, response, exp), "atj": jti}
-
-
 class CodeGrants:
     """Approvals of sessions started at ``/authorize``."""
 
@@ -58,7 +40,9 @@ class CodeGrants:
         return Approval(
             APPROVED,
             {
-                **kept_tokens(self._tokens, session, service, credential, granted, now, False),
+                **self._tokens.kept_grant(
+                    session, service, credential, granted, now, backchannel=False
+                ),
                 "gh": grant_hash(code),
                 "gexp": repr(now + self._code_ttl),
                 "code": self._secret.seal(f"{_FOR_PAGE}:{session.session_id}", code.encode()),
@@ -86,5 +70,6 @@ class CibaGrants:
         now: float,
     ) -> Approval:
         return Approval(
-            APPROVED, kept_tokens(self._tokens, session, service, credential, granted, now, True)
+            APPROVED,
+            self._tokens.kept_grant(session, service, credential, granted, now, backchannel=True),
         )

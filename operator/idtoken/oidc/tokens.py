@@ -114,7 +114,7 @@ class TokenIssuer:
         return token_id
 
     # ---- issuing ---------------------------------------------------------------------------
-    def token_response(
+    def kept_grant(
         self,
         session: SessionRecord,
         service: ServiceSettings,
@@ -123,9 +123,28 @@ class TokenIssuer:
         now: float,
         *,
         backchannel: bool,
-    ) -> tuple[dict[str, Any], str]:
-        """The token response of an approval (its ``expires_in`` counted from ``now``), and
-        the access token's id."""
+    ) -> dict[str, str]:
+        """The grant fields every approval of the standard doors stores: the token response,
+        sealed and bound to the session until it is collected (``grant``, read back by
+        :meth:`open_grant`), and its access token's id (``atj``, to revoke it)."""
+        response, jti, exp = self._token_response(
+            session, service, credential, granted, now, backchannel=backchannel
+        )
+        body = json.dumps({"r": response, "exp": exp}, separators=(",", ":")).encode()
+        return {"grant": self._secret.seal(f"{FOR_GRANT}:{session.session_id}", body), "atj": jti}
+
+    def _token_response(
+        self,
+        session: SessionRecord,
+        service: ServiceSettings,
+        credential: Credential,
+        granted: list[str],
+        now: float,
+        *,
+        backchannel: bool,
+    ) -> tuple[dict[str, Any], str, int]:
+        """The token response of an approval (its ``expires_in`` counted from ``now``), the
+        access token's id and its expiry."""
         iat = int(now)
         exp = iat + service.token_ttl
         sub = self.subject(service, session.token_id)
@@ -171,12 +190,7 @@ class TokenIssuer:
             "id_token": self._keys.sign(claims, typ="JWT"),
             "scope": scope,
         }
-        return response, jti
-
-    def seal_grant(self, session: SessionRecord, response: Mapping[str, Any], exp: float) -> str:
-        """The token response as it is kept until collected: sealed, bound to the session."""
-        body = json.dumps({"r": response, "exp": exp}, separators=(",", ":")).encode()
-        return self._secret.seal(f"{FOR_GRANT}:{session.session_id}", body)
+        return response, jti, exp
 
     def open_grant(self, session_id: str, sealed: str, now: float) -> dict[str, Any]:
         """The token response kept with an approval, ``expires_in`` counted down to ``now``."""
