@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from idtoken.client import Device
-from support import REPO, OperatorConfig, OperatorProcess, RedisServer, redis_server
+from support import REPO, OperatorConfig, OperatorProcess, RedisServer, redis_server, running
 
 JS_DIR = REPO / "tests" / "js"
 # Generous: a slow two-core machine runs three operators, Redis and node at once.
@@ -67,15 +67,8 @@ def operator_fleet(
             extra=f'\n[oidc]\nsecret_key_file = "secret.key"\n{oidc}',
         )
         assert config.write() == config_file
-        try:
-            # One after the other: the first creates the signing keys and the operator secret,
-            # the others read them.
-            for proc in procs:
-                proc.start(timeout=60)
+        with running(procs, timeout=60):
             yield Fleet(redis, config, procs)
-        finally:
-            for proc in procs:
-                proc.stop()
 
 
 @contextlib.asynccontextmanager

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -391,6 +391,19 @@ class OperatorProcess:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running(procs: Sequence[OperatorProcess], timeout: float = 20.0) -> Iterator[None]:
+    """Start ``procs`` one after the other (the first creates the signing keys and any operator
+    secret, the others read them); stop every one of them at the end, whatever happened."""
+    try:
+        for proc in procs:
+            proc.start(timeout=timeout)
+        yield
+    finally:
+        for proc in procs:
+            proc.stop()
 
 
 # ----------------------------------------------------------------------------- instances

@@ -33,7 +33,7 @@ from ciba_support import (
     ping_client,
 )
 from idtoken.client import Device
-from support import OperatorConfig, OperatorProcess, RedisServer, free_port, redis_server
+from support import OperatorConfig, OperatorProcess, RedisServer, free_port, redis_server, running
 
 NOTIFICATION_TOKEN = "fleet-notification-token-0123456789"
 PING_TIMEOUT = 5  # [oidc] ping_timeout: a delivery's lease is this and 5 s more
@@ -69,15 +69,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             ),
         )
         config_file = config.write()
-        procs: list[OperatorProcess] = []
-        try:
-            # One after the other: the first creates the keys and the operator secret.
-            for _ in range(3):
-                procs.append(OperatorProcess(config_file).start(timeout=60))
+        procs = [OperatorProcess(config_file) for _ in range(3)]
+        with running(procs, timeout=60):
             yield Fleet(redis, config, config_file, procs, ping_port)
-        finally:
-            for proc in procs:
-                proc.stop()
 
 
 @contextlib.asynccontextmanager

@@ -32,7 +32,14 @@ from idtoken.client import Device, Initiation, RelyingParty
 from idtoken.store import lua
 from idtoken.store.resp import Script
 from pushreceiver import PushReceiver, SubscriptionHandle
-from support import DEFAULT_SERVICE, OperatorConfig, OperatorProcess, RedisServer, otp_ready
+from support import (
+    DEFAULT_SERVICE,
+    OperatorConfig,
+    OperatorProcess,
+    RedisServer,
+    otp_ready,
+    running,
+)
 from support import redis_server as start_redis
 from test_faults import recorders
 from test_initiate import started as initiation
@@ -70,13 +77,8 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
         )
         path = config.write()
         procs = [OperatorProcess(path) for _ in range(2)]
-        try:
-            for proc in procs:
-                proc.start()
+        with running(procs):
             yield Stage(redis, config, procs)
-        finally:
-            for proc in procs:
-                proc.stop()
 
 
 @pytest.fixture
